@@ -1,0 +1,148 @@
+"""The ``voxguard`` command.  Subcommands live next to what they drive; each module in
+:data:`COMMAND_MODULES` exposes ``register(subparsers, common)``.
+
+Global options (``--store``, ``--embedder``, ``--model``, ``--device``, ``--json``,
+``-v``) are accepted before or after the subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import VoxguardError
+from .paths import default_store_path
+
+COMMAND_MODULES = [
+    "voxguard.enroll.commands",
+    "voxguard.enroll.datasets",
+]
+
+
+@dataclass
+class Context:
+    """What every command handler gets: parsed options and lazily built resources."""
+
+    args: argparse.Namespace
+    _embedder: object = field(default=None, repr=False)
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def store_path(self) -> Path:
+        p = getattr(self.args, "store", None)
+        return Path(p).expanduser() if p else default_store_path()
+
+    def open_store(self, create: bool = False, readonly: bool = False):
+        from .store import SpeakerStore
+
+        return SpeakerStore(self.store_path, create=create, readonly=readonly)
+
+    def embedder_name(self, store=None) -> str:
+        from .embedders import DEFAULT_EMBEDDER
+
+        name = getattr(self.args, "embedder", None)
+        if name:
+            return name
+        if store is not None and store.embedder is not None:
+            return store.embedder.name
+        return DEFAULT_EMBEDDER
+
+    def embedder(self, store=None):
+        """The embedder asked for (or the store's own), checked against the store."""
+        if self._embedder is None:
+            from .embedders import create_embedder
+
+            self._embedder = create_embedder(self.embedder_name(store), device=self.args.device,
+                                             model=getattr(self.args, "model", None))
+        if store is not None:
+            store.check_embedder(self._embedder.identity)
+        return self._embedder
+
+    def emit(self, data, text: str | None = None) -> None:
+        """Print ``data`` as JSON with --json, else ``text`` (or a plain rendering)."""
+        if self.json:
+            print(json.dumps(data, indent=2, default=_json_default))
+        elif text is not None:
+            print(text)
+        else:
+            print(data)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand accepts (``SUPPRESS`` so a later one never erases an earlier one)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("global options")
+    g.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS,
+                   help="speaker store (SQLite); default $VOXGUARD_STORE or the user data dir")
+    g.add_argument("--embedder", choices=["resemblyzer", "titanet"], default=argparse.SUPPRESS,
+                   help="embedding model (default: the store's own, else resemblyzer)")
+    g.add_argument("--model", metavar="NEMO", default=argparse.SUPPRESS,
+                   help="TitaNet .nemo file or pretrained name (titanet only; or $VOXGUARD_TITANET_MODEL)")
+    g.add_argument("--device", default=argparse.SUPPRESS, help="auto (default), cpu or cuda[:N]")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="voxguard", parents=[common],
+        description="Real-time speaker verification and voice-clone detection.")
+    parser.add_argument("--version", action="version", version=f"voxguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for opt, default in (("store", None), ("embedder", None), ("model", None), ("device", "auto"),
+                         ("json", False), ("verbose", 0)):
+        if not hasattr(args, opt):
+            setattr(args, opt, default)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TQDM_DISABLE", "1" if not sys.stderr.isatty() else "0")
+    ctx = Context(args)
+    try:
+        return int(args.func(ctx) or 0)
+    except VoxguardError as e:
+        if ctx.json:
+            print(json.dumps({"error": type(e).__name__, "message": e.message}), file=sys.stderr)
+        else:
+            print(f"voxguard: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("voxguard: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Resemblyzer's GE2E speaker encoder (256-d).  Its weights ship in the PyPI package,
+so this is the default, offline embedder."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import EmbedderIdentity, group_by_length, l2_normalise, pick_device
+
+
+class ResemblyzerEmbedder:
+    name = "resemblyzer"
+    dim = 256
+
+    def __init__(self, device: str = "auto", max_batch: int = 64):
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import resemblyzer
+            from resemblyzer import VoiceEncoder
+            from resemblyzer.audio import wav_to_mel_spectrogram  # noqa: F401
+            from resemblyzer.hparams import audio_norm_target_dBFS
+
+        self._torch = torch
+        self.device = pick_device(device)
+        self.max_batch = max_batch
+        self._encoder = VoiceEncoder(self.device, verbose=False)
+        self._encoder.eval()
+        self._target_dbfs = audio_norm_target_dBFS
+        weights = Path(resemblyzer.__file__).parent / "pretrained.pt"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        self._version = f"resemblyzer-{metadata.version('resemblyzer')}+{digest}"
+        self._mel_basis = None
+
+    @property
+    def identity(self) -> EmbedderIdentity:
+        return EmbedderIdentity(self.name, self.dim, self._version)
+
+    def _mels(self, batch: np.ndarray) -> np.ndarray:
+        """[n, samples] -> [n, frames, 40] log-free mel power, as Resemblyzer computes it."""
+        import librosa
+        from resemblyzer import hparams as hp
+
+        n_fft = int(hp.sampling_rate * hp.mel_window_length / 1000)
+        hop = int(hp.sampling_rate * hp.mel_window_step / 1000)
+        if self._mel_basis is None:
+            self._mel_basis = librosa.filters.mel(sr=hp.sampling_rate, n_fft=n_fft, n_mels=hp.mel_n_channels)
+        spec = np.abs(librosa.stft(batch, n_fft=n_fft, hop_length=hop)) ** 2  # [n, freq, frames]
+        mel = np.einsum("mf,nft->ntm", self._mel_basis, spec, optimize=True)
+        return mel.astype(np.float32)
+
+    def _normalise_volume(self, batch: np.ndarray) -> np.ndarray:
+        # Resemblyzer's preprocess_wav: raise quiet audio to -30 dBFS (never lower it).
+        rms = np.sqrt(np.mean(batch.astype(np.float64) ** 2, axis=1)) + 1e-12
+        gain_db = self._target_dbfs - 20 * np.log10(rms)
+        gain = np.where(gain_db > 0, 10 ** (gain_db / 20), 1.0).astype(np.float32)
+        return batch * gain[:, None]
+
+    def embed(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(windows), self.dim), dtype=np.float32)
+        torch = self._torch
+        for _, idx in group_by_length(windows).items():
+            batch = self._normalise_volume(np.stack([windows[i] for i in idx]).astype(np.float32))
+            mels = self._mels(batch)
+            for s in range(0, len(idx), self.max_batch):
+                chunk = torch.from_numpy(mels[s: s + self.max_batch]).to(self.device)
+                with torch.inference_mode():
+                    e = self._encoder(chunk).float().cpu().numpy()
+                out[idx[s: s + self.max_batch]] = e
+        return l2_normalise(out)

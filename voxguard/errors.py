@@ -1,0 +1,38 @@
+"""Errors that reach users.  Each carries the process exit code the CLI uses."""
+
+
+class VoxguardError(Exception):
+    """Base class: a problem the user can act on, reported without a traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class AudioError(VoxguardError):
+    """A file could not be used as audio (missing, undecodable, empty, too short)."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class StoreError(VoxguardError):
+    """The speaker store cannot be opened or does not hold what was asked for."""
+
+
+class EmbedderMismatch(StoreError):
+    """Embeddings from a different embedder would be mixed into a store."""
+
+
+class UnknownSpeaker(StoreError):
+    def __init__(self, name: str):
+        super().__init__(f"unknown speaker {name!r} (see 'voxguard enroll list')")
+        self.name = name
+
+
+class ModelError(VoxguardError):
+    """An embedder or cloning model cannot be loaded."""

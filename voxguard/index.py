@@ -1,0 +1,240 @@
+"""The vector index: FAISS inner product over L2-normalised embeddings (= cosine).
+
+Two FAISS indexes are kept together in one file beside the store
+(``<store>.faiss``): one row per enrolled speaker (the normalised mean of its
+genuine embeddings — what identification ranks), and one row per sample, genuine
+and clone (the nearest neighbours, used as clone evidence).  The file is replaced
+atomically (temp file + fsync + rename) and records the store id and revision it
+was built from, so a stale file is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .embedders.base import l2_normalise
+from .errors import StoreError
+from .store import SpeakerStore
+
+INDEX_FORMAT = 1
+
+
+def index_path_for(store_path: str | Path) -> Path:
+    return Path(str(store_path) + ".faiss")
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    speaker: str
+    kind: str  # genuine | clone
+    score: float
+    sample_id: int
+
+
+@dataclass(frozen=True)
+class SpeakerScore:
+    speaker: str
+    score: float  # cosine to the speaker's genuine centroid
+    best_genuine: float | None  # best cosine to one genuine sample (among the nearest)
+    best_clone: float | None  # best cosine to a known clone of this speaker (among the nearest)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    speakers: list[SpeakerScore]  # best first
+    neighbors: list[Neighbor]  # nearest samples, best first
+
+    @property
+    def best(self) -> SpeakerScore | None:
+        return self.speakers[0] if self.speakers else None
+
+    @property
+    def margin(self) -> float | None:
+        """Score gap between the best and the second-best speaker."""
+        if len(self.speakers) >= 2:
+            return self.speakers[0].score - self.speakers[1].score
+        return None
+
+
+def _serialize(index: faiss.Index) -> np.ndarray:
+    return faiss.serialize_index(index)
+
+
+class SpeakerIndex:
+    """Centroid and sample indexes of one store revision."""
+
+    def __init__(self, speaker_names: list[str], centroids: np.ndarray, sample_ids: np.ndarray,
+                 sample_speaker: np.ndarray, sample_kind: np.ndarray, sample_vectors: np.ndarray,
+                 store_id: str, revision: int, embedder: dict | None, use_gpu: bool | None = None):
+        self.speaker_names = list(speaker_names)
+        self.sample_ids = sample_ids.astype(np.int64)
+        self.sample_speaker = sample_speaker.astype(np.int32)
+        self.sample_kind = sample_kind.astype(np.int8)  # 0 genuine, 1 clone
+        self.store_id = store_id
+        self.revision = revision
+        self.embedder = embedder
+        self.dim = int(centroids.shape[1]) if centroids.size else int(sample_vectors.shape[1] if sample_vectors.size else 0)
+        self._centroids_cpu = faiss.IndexFlatIP(max(self.dim, 1))
+        self._samples_cpu = faiss.IndexFlatIP(max(self.dim, 1))
+        if len(centroids):
+            self._centroids_cpu.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        if len(sample_vectors):
+            self._samples_cpu.add(np.ascontiguousarray(sample_vectors, dtype=np.float32))
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.on_gpu = False
+        self._centroids, self._samples = self._centroids_cpu, self._samples_cpu
+        if use_gpu is None:
+            use_gpu = _gpu_count() > 0
+        if use_gpu and _gpu_count() > 0:
+            res = faiss.StandardGpuResources()
+            self._gpu_res = res
+            self._centroids = faiss.index_cpu_to_gpu(res, 0, self._centroids_cpu)
+            self._samples = faiss.index_cpu_to_gpu(res, 0, self._samples_cpu)
+            self.on_gpu = True
+
+    # -- construction --------------------------------------------------------------
+    @classmethod
+    def build(cls, store: SpeakerStore, use_gpu: bool | None = None) -> "SpeakerIndex":
+        table = store.embeddings()
+        names = sorted({s for s, k in zip(table.speakers, table.kinds) if k == "genuine"})
+        genuine_names = set(names)
+        all_names = names + sorted({s for s in table.speakers if s not in genuine_names})
+        pos = {n: i for i, n in enumerate(all_names)}
+        dim = table.vectors.shape[1]
+        centroids = np.zeros((len(names), dim), dtype=np.float32)
+        genuine = np.array([k == "genuine" for k in table.kinds], dtype=bool)
+        owner = np.array([pos[s] for s in table.speakers], dtype=np.int64)
+        np.add.at(centroids, owner[genuine], table.vectors[genuine])
+        ident = store.embedder
+        return cls(all_names, l2_normalise(centroids) if len(names) else centroids, table.ids,
+                   np.array([pos[s] for s in table.speakers], dtype=np.int32),
+                   np.array([1 if k == "clone" else 0 for k in table.kinds], dtype=np.int8),
+                   table.vectors, store.store_id, store.revision, ident.as_dict() if ident else None,
+                   use_gpu=use_gpu)
+
+    @property
+    def n_speakers(self) -> int:
+        """Speakers with at least one genuine sample (the ones identification ranks)."""
+        return self._centroids_cpu.ntotal
+
+    @property
+    def n_samples(self) -> int:
+        return self._samples_cpu.ntotal
+
+    def is_current(self, store: SpeakerStore) -> bool:
+        return self.store_id == store.store_id and self.revision == store.revision
+
+    # -- persistence -----------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a reader sees the old file or the new one, never a mix."""
+        path = Path(path)
+        meta = {"format": INDEX_FORMAT, "store_id": self.store_id, "revision": self.revision,
+                "embedder": self.embedder, "speakers": self.speaker_names}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                 centroids=_serialize(self._centroids_cpu), samples=_serialize(self._samples_cpu),
+                 sample_ids=self.sample_ids, sample_speaker=self.sample_speaker, sample_kind=self.sample_kind)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buf.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path, use_gpu: bool | None = None) -> "SpeakerIndex":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                if meta.get("format") != INDEX_FORMAT:
+                    raise StoreError(f"{path}: index format {meta.get('format')} is not {INDEX_FORMAT}")
+                cent = faiss.deserialize_index(z["centroids"])
+                samp = faiss.deserialize_index(z["samples"])
+                ids, spk, kind = z["sample_ids"], z["sample_speaker"], z["sample_kind"]
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise StoreError(f"cannot read index {path}: {e}") from None
+        centroids = cent.reconstruct_n(0, cent.ntotal) if cent.ntotal else np.zeros((0, cent.d), np.float32)
+        vectors = samp.reconstruct_n(0, samp.ntotal) if samp.ntotal else np.zeros((0, samp.d), np.float32)
+        return cls(meta["speakers"], centroids, ids, spk, kind, vectors, meta["store_id"], meta["revision"],
+                   meta["embedder"], use_gpu=use_gpu)
+
+    @classmethod
+    def for_store(cls, store: SpeakerStore, use_gpu: bool | None = None, save: bool = True) -> "SpeakerIndex":
+        """The store's index, loaded from beside it, or rebuilt (and saved) when missing or stale."""
+        path = index_path_for(store.path)
+        if path.exists():
+            try:
+                idx = cls.load(path, use_gpu=use_gpu)
+                if idx.is_current(store):
+                    return idx
+            except StoreError:
+                pass
+        idx = cls.build(store, use_gpu=use_gpu)
+        if save:
+            try:
+                idx.save(path)
+            except OSError:
+                pass  # a read-only location still gets a working in-memory index
+        return idx
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int = 5, neighbors: int = 32) -> list[SearchResult]:
+        """Rank enrolled speakers for each query vector (rows L2-normalised)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        n = len(q)
+        if n == 0:
+            return []
+        k_spk = min(k, self.n_speakers)
+        k_nb = min(max(neighbors, k), self.n_samples)
+        if k_spk:
+            dc, ic = self._centroids.search(q, k_spk)
+        if k_nb:
+            ds, is_ = self._samples.search(q, k_nb)
+        results = []
+        for r in range(n):
+            nbs: list[Neighbor] = []
+            best_g: dict[int, float] = {}
+            best_c: dict[int, float] = {}
+            for j in range(k_nb):
+                row = int(is_[r, j])
+                if row < 0:
+                    continue
+                spk = int(self.sample_speaker[row])
+                kind = "clone" if self.sample_kind[row] else "genuine"
+                score = float(ds[r, j])
+                nbs.append(Neighbor(self.speaker_names[spk], kind, score, int(self.sample_ids[row])))
+                target = best_c if kind == "clone" else best_g
+                target.setdefault(spk, score)
+            spks = []
+            for j in range(k_spk):
+                c = int(ic[r, j])
+                if c < 0:
+                    continue
+                spks.append(SpeakerScore(self.speaker_names[c], float(dc[r, j]), best_g.get(c), best_c.get(c)))
+            results.append(SearchResult(spks, nbs))
+        return results
+
+    def speaker_centroid(self, name: str) -> np.ndarray | None:
+        try:
+            i = self.speaker_names.index(name)
+        except ValueError:
+            return None
+        return self.centroids[i] if i < len(self.centroids) else None
+
+
+def _gpu_count() -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
