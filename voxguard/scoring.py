@@ -44,3 +44,30 @@ def thresholds_for(store: SpeakerStore | None, embedder_name: str | None = None)
         if embedder_name is None and store.embedder is not None:
             embedder_name = store.embedder.name
     return default_thresholds(embedder_name)
+
+
+class SpeakerScorer:
+    """Scores query embeddings against the enrolled speakers of one index.
+
+    Today: raw cosine against genuine centroids (``SpeakerIndex.search``).  The
+    calibration step may store a trained scoring backend (whitening / LDA / AS-norm);
+    ``for_store`` then loads it, and ``search`` returns the backend's scores in the
+    same :class:`~voxguard.index.SearchResult` shape, so callers never change.
+    """
+
+    def __init__(self, index, thresholds: Thresholds, backend=None):
+        self.index = index
+        self.thresholds = thresholds
+        self.backend = backend
+
+    @classmethod
+    def for_store(cls, store: SpeakerStore, index) -> "SpeakerScorer":
+        return cls(index, thresholds_for(store))
+
+    @property
+    def name(self) -> str:
+        return "cosine" if self.backend is None else getattr(self.backend, "name", "backend")
+
+    def search(self, queries, k: int = 5, neighbors: int = 32):
+        """Rank enrolled speakers for each row of ``queries`` (L2-normalised embeddings)."""
+        return self.index.search(queries, k=k, neighbors=neighbors)
