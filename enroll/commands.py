@@ -86,6 +86,8 @@ def cmd_add(ctx) -> int:
     for f in a.files:
         audio = load_audio(f)
         decoded[str(Path(f))] = (file_sha256(f), audio)
+    if not ctx.store_path.exists():
+        ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
     with ctx.open_store(create=True) as store:
         enr = _enroller(ctx, store)
         report = enr.enroll(a.speaker, a.files, kind=a.kind, provenance=provenance, strict=True,
@@ -157,13 +159,15 @@ def cmd_import(ctx) -> int:
     if a.speakers:
         wanted = {s.strip() for s in a.speakers.split(",") if s.strip()}
         groups = [(s, f) for s, f in groups if s in wanted]
-    if a.per_speaker:
+    if a.per_speaker is not None:
         if a.per_speaker < 1:
             raise VoxguardError("--per-speaker must be at least 1")
         groups = [(s, f[: a.per_speaker]) for s, f in groups]
     if not groups:
         raise VoxguardError(f"{root}: no speakers with audio files found for layout {a.layout}")
     reports = []
+    if not ctx.store_path.exists():
+        ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
     with ctx.open_store(create=True) as store:
         enr = _enroller(ctx, store)
         bar = tqdm(groups, unit="speaker", disable=a.no_progress or ctx.json or None,
@@ -213,20 +217,20 @@ def _maybe_store(ctx):
 
 
 def cmd_verify(ctx) -> int:
-    from ..scoring import thresholds_for
+    from ..scoring import calibration_for, pair_score
 
     store = _maybe_store(ctx)
     try:
         ea, da = _embedding_for(ctx, store, ctx.args.a)
         eb, db = _embedding_for(ctx, store, ctx.args.b)
-        th = thresholds_for(store, ctx.embedder_name(store))
+        th, backend = calibration_for(store, ctx.embedder_name(store))
     finally:
         if store is not None:
             store.close()
-    score = float(ea @ eb)
+    score = pair_score(ea, eb, backend, db.get("speaker") or da.get("speaker"))
     threshold = ctx.args.threshold if ctx.args.threshold is not None else th.accept
     accept = score >= threshold
-    data = {"a": da, "b": db, "score": round(score, 4), "threshold": round(threshold, 4),
+    data = {"a": da, "b": db, "score": round(score, 4), "threshold": round(threshold, 4), "backend": th.backend,
             "threshold_source": "--threshold" if ctx.args.threshold is not None else th.source,
             "decision": "accept" if accept else "reject"}
     ctx.emit(data, f"score {score:.3f} (threshold {threshold:.3f}, {data['threshold_source']}): "
@@ -237,7 +241,7 @@ def cmd_verify(ctx) -> int:
 def cmd_identify(ctx) -> int:
     from ..audio import load_audio
     from ..index import SpeakerIndex
-    from ..scoring import thresholds_for
+    from ..scoring import SpeakerScorer
     from ..utterance import embed_utterance
 
     if ctx.args.top < 1:
@@ -246,14 +250,15 @@ def cmd_identify(ctx) -> int:
     with ctx.open_store(readonly=True) as store:
         emb = embed_utterance(ctx.embedder(store), audio.samples)
         idx = SpeakerIndex.for_store(store, use_gpu=False)
-        th = thresholds_for(store)
+        scorer = SpeakerScorer.for_store(store, idx)
+        th = scorer.thresholds
     if idx.n_speakers == 0:
         raise StoreError(f"{ctx.store_path} has no enrolled speakers")
-    res = idx.search(emb[None, :], k=ctx.args.top, neighbors=max(16, ctx.args.top * 4))[0]
+    res = scorer.search(emb[None, :], k=ctx.args.top, neighbors=max(16, ctx.args.top * 4))[0]
     best = res.best
     data = {
         "file": ctx.args.file, "duration": round(audio.duration, 3),
-        "threshold": th.accept, "threshold_source": th.source,
+        "threshold": th.accept, "threshold_source": th.source, "backend": scorer.name,
         "best": best.speaker if best and best.score >= th.accept else None,
         "margin": round(res.margin, 4) if res.margin is not None else None,
         "speakers": [{"speaker": s.speaker, "score": round(s.score, 4),

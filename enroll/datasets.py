@@ -20,6 +20,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -79,16 +80,29 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     return dest
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _extract(archive: Path, into: Path) -> Path:
     try:
-        with tarfile.open(archive) as tar:
+        tar = tarfile.open(archive)
+    except (tarfile.TarError, OSError):
+        raise VoxguardError(f"{archive}: not a readable tar archive (not tar, tar.gz, tar.bz2 or tar.xz)") from None
+    try:
+        with tar:
             for m in tar.getmembers():
                 parts = PurePosixPath(m.name).parts
                 if m.name.startswith("/") or ".." in parts:
                     raise VoxguardError(f"{archive}: unsafe path in archive: {m.name}")
             tar.extractall(into, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise VoxguardError(f"{archive}: not a readable tar archive ({e})") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise VoxguardError(f"{archive}: not a readable tar archive, damaged or truncated ({why})") from None
     return into
 
 
@@ -166,8 +180,11 @@ def cmd_prepare(ctx) -> int:
 def cmd_fetch(ctx) -> int:
     out = Path(ctx.args.out).expanduser()
     archive = out / "an4_sphere.tar.gz"
+    expected = ctx.args.sha256
+    if archive.exists() and expected and _sha256(archive) != expected.lower():
+        archive.unlink()  # a stale or damaged earlier download: fetch it again
     if not archive.exists():
-        download(ctx.args.url, archive, ctx.args.sha256)
+        download(ctx.args.url, archive, expected)
     info = prepare(archive, out)
     if not ctx.args.keep_archive:
         archive.unlink(missing_ok=True)

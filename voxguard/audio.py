@@ -72,7 +72,8 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
 def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     exe = shutil.which("ffmpeg")
     if exe is None:
-        raise AudioError(path, "not a format soundfile reads, and ffmpeg is not installed to decode it")
+        raise AudioError(path, "not a readable audio file (not a format soundfile reads, and ffmpeg, "
+                               "which decodes the others, is not installed)")
     with tempfile.TemporaryDirectory(prefix="voxguard-") as tmp:
         out = Path(tmp) / "decoded.wav"
         cmd = [exe, "-nostdin", "-v", "error", "-y", "-i", str(path), "-vn", "-c:a", "pcm_f32le", str(out)]

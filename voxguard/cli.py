@@ -23,6 +23,10 @@ from .paths import default_store_path
 COMMAND_MODULES = [
     "voxguard.enroll.commands",
     "voxguard.enroll.datasets",
+    "voxguard.enroll.calibrate_commands",
+    "voxguard.enroll.clone_commands",
+    "voxguard.daemon.commands",
+    "voxguard.clients.commands",
 ]
 
 

@@ -131,25 +131,38 @@ class SpeakerStore:
         try:
             self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None,
                                        check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open store {self.path}: {e}") from None
+        try:
             self._db.execute("PRAGMA foreign_keys = ON")
-            if readonly:
-                self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            else:
-                self._db.execute("PRAGMA journal_mode = WAL").fetchone()
-                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as e:
+            self._db.close()
             raise StoreError(f"{self.path} is not a voxguard store: not an SQLite database ({e})") from None
-        self._check_or_init(readonly)
+        try:
+            self._check_or_init(readonly)
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- lifecycle -----------------------------------------------------------------
     def _check_or_init(self, readonly: bool) -> None:
+        """Refuse foreign databases before writing anything (even the journal mode)."""
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables and tables:
+            raise StoreError(f"{self.path} is an SQLite database but not a voxguard store "
+                             f"(it has tables {', '.join(sorted(tables))})")
+        if "meta" not in tables and readonly:
+            raise StoreError(f"{self.path} is an empty database, not a voxguard store")
+        if "meta" in tables:
+            version = self._meta("schema_version")
+            if version != str(SCHEMA_VERSION):
+                raise StoreError(f"{self.path} has store schema version {version}; "
+                                 f"this voxguard reads version {SCHEMA_VERSION}")
+        if not readonly:
+            self._db.execute("PRAGMA journal_mode = WAL").fetchone()
+            self._db.execute("PRAGMA synchronous = NORMAL")
         if "meta" not in tables:
-            if tables:
-                raise StoreError(f"{self.path} is an SQLite database but not a voxguard store "
-                                 f"(it has tables {', '.join(sorted(tables))})")
-            if readonly:
-                raise StoreError(f"{self.path} is an empty database, not a voxguard store")
             with self.transaction():
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
@@ -157,11 +170,6 @@ class SpeakerStore:
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("store_id", uuid.uuid4().hex)
                 self._set_meta("revision", "0")
-            return
-        version = self._meta("schema_version")
-        if version != str(SCHEMA_VERSION):
-            raise StoreError(f"{self.path} has store schema version {version}; "
-                             f"this voxguard reads version {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -174,11 +182,12 @@ class SpeakerStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write; bumps the store revision."""
+        """One atomic write; bumps the store revision when it changed anything."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            changes = self._db.total_changes
             yield self._db
-            if self._meta("revision") is not None:
+            if self._db.total_changes != changes and self._meta("revision") is not None:
                 self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
             self._db.execute("COMMIT")
         except BaseException:

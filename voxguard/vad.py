@@ -82,7 +82,9 @@ class VoiceActivityDetector:
         self._pending = np.zeros(0, dtype=np.float32)
         self._frames_done = 0  # frames classified so far
         self._triggered = False
-        self._silence: list[np.ndarray] = []
+        self._silence: list[np.ndarray] = []  # pause frames held back (beyond the trail)
+        self._gap = 0  # unvoiced frames in the current pause
+        self._gap_sent = 0  # of those, emitted as trail
         self.voiced_frames = 0
         self.total_frames = 0
 
@@ -104,7 +106,6 @@ class VoiceActivityDetector:
         frames = samples[: n * self.frame_len].reshape(n, self.frame_len)
         pcm = (np.clip(frames, -1.0, 1.0) * 32767.0).astype("<i2")
         events: list[VadEvent] = []
-        run_start = None  # first frame index of a run of voiced output inside this call
         for i in range(n):
             idx = self._frames_done + i
             voiced = self._vad.is_speech(pcm[i].tobytes(), self.sample_rate)
@@ -121,6 +122,7 @@ class VoiceActivityDetector:
                     events.append(Voiced(np.concatenate([f for f, _ in self._recent]), self._time(first)))
                     self._recent.clear()
                     self._silence = []
+                    self._gap = self._gap_sent = 0
                 continue
             if voiced:
                 if self._silence:  # a pause inside speech: keep it
@@ -129,21 +131,27 @@ class VoiceActivityDetector:
                     self._silence = []
                 else:
                     events.append(Voiced(frame, self._time(idx)))
+                self._gap = self._gap_sent = 0
                 continue
-            self._silence.append(frame)
-            if len(self._silence) >= self._hangover_frames:
-                events.extend(self._end(idx - len(self._silence) + 1))
+            self._gap += 1
+            if self._gap_sent < self._trail_frames and not self._silence:
+                # The first trail_ms of a pause are kept whatever follows: emit them now, so the
+                # window that ends there is not held back for the whole hangover.
+                events.append(Voiced(frame, self._time(idx)))
+                self._gap_sent += 1
+            else:
+                self._silence.append(frame)
+            if self._gap >= self._hangover_frames:
+                events.extend(self._end(idx - self._gap + 1))
         self._frames_done += n
         return _merge_voiced(events, self.sample_rate)
 
     def _end(self, first_silent: int) -> list[VadEvent]:
-        out: list[VadEvent] = []
-        keep = self._silence[: self._trail_frames]
-        if keep:
-            out.append(Voiced(np.concatenate(keep), self._time(first_silent)))
-        out.append(SpeechEnd(self._time(first_silent + len(keep))))
+        """Close the segment; the trailing ``trail_ms`` of silence were already emitted."""
+        out: list[VadEvent] = [SpeechEnd(self._time(first_silent + self._gap_sent))]
         self._triggered = False
         self._silence = []
+        self._gap = self._gap_sent = 0
         self._recent.clear()
         return out
 
@@ -151,7 +159,7 @@ class VoiceActivityDetector:
         """End of stream: close an open speech segment."""
         if not self._triggered:
             return []
-        return _merge_voiced(self._end(self._frames_done - len(self._silence)), self.sample_rate)
+        return self._end(self._frames_done - self._gap)
 
     @property
     def speech_ratio(self) -> float:

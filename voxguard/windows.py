@@ -83,7 +83,8 @@ class WindowScheduler:
         self.voiced_samples += n
 
     def _compact(self) -> None:
-        drop = min(self._next, self._len)
+        # keep the last full window's worth of audio: flush() may need it for the tail window
+        drop = min(self._next, max(0, self._len - self.win))
         if drop == 0:
             return
         keep_time = self._time_at(drop) if self._anchor_off else 0.0

@@ -1,0 +1,200 @@
+"""``voxguard stream FILE|-``: stream a file, or raw PCM from stdin, to the daemon and print
+its events; plus the terminal loop ``voxguard mic`` shares (:func:`run_job`).
+
+Exit codes (also for ``voxguard mic``):
+
+== ==========================================================================================
+0  the stream ended cleanly (summary received) and, with ``--claim``, the claim was accepted
+1  the claimed speaker was rejected
+2  bad usage or input (unreadable file, bad option)
+3  the claim stayed undecided
+4  the server sent an ``error`` event (unknown claimed speaker, protocol error, busy ...)
+5  cannot connect (nothing listening, DNS, TLS, HTTP error)
+6  the server refused the token (HTTP 401/403)
+7  the connection dropped or the server closed/shut down the stream before it ended
+8  no usable audio input device (``voxguard mic``)
+130 interrupted (``voxguard stream``: Ctrl-C stops the stream, prints the summary, exits 130)
+== ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from voxguard.errors import VoxguardError
+
+from .client import Client, ClientError, ServerError
+from .events import Event, Reconnected, Summary
+from .sources import AudioSource, PcmSource, file_source
+from .view import LiveView
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNDECIDED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+TOKEN_ENV = "VOXGUARD_TOKEN"
+
+
+class UsageError(VoxguardError):
+    exit_code = EXIT_USAGE
+
+
+def verdict_exit_code(summary: Summary) -> int:
+    """0 (no claim, or accepted), 1 (rejected) or 3 (undecided)."""
+    return {None: EXIT_OK, "accept": EXIT_OK, "reject": EXIT_REJECTED}.get(summary.verdict, EXIT_UNDECIDED)
+
+
+# -- options -------------------------------------------------------------------------------
+def read_token(args) -> str | None:
+    if args.token and args.token_file:
+        raise UsageError("--token and --token-file are mutually exclusive")
+    if args.token_file:
+        p = Path(args.token_file).expanduser()
+        try:
+            lines = [ln.strip() for ln in p.read_text().splitlines()]
+        except OSError as e:
+            raise UsageError(f"cannot read token file {p}: {e.strerror or e}") from None
+        token = next((ln for ln in lines if ln and not ln.startswith("#")), None)
+        if token is None:
+            raise UsageError(f"token file {p} holds no token")
+        return token
+    return args.token or os.environ.get(TOKEN_ENV) or None
+
+
+def client_from_args(args) -> Client:
+    ctx = None
+    if args.cafile:
+        try:
+            ctx = ssl.create_default_context(cafile=args.cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"cannot load --cafile {args.cafile}: {e}") from None
+    if args.reconnect < 0:
+        raise UsageError("--reconnect must be 0 or more")
+    return Client(args.url, read_token(args), ssl=ctx, reconnect=args.reconnect > 0,
+                  max_attempts=max(1, args.reconnect + 1))
+
+
+def options_from_args(args) -> dict:
+    opts = {"window": args.window, "hop": args.hop, "vad_aggressiveness": args.vad_aggressiveness,
+            "top_k": args.top_k}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+# -- the loop -------------------------------------------------------------------------------
+@dataclass
+class StreamJob:
+    """One terminal streaming session: where to, what audio, how to print."""
+
+    client: Client
+    source: AudioSource
+    claimed_speaker: str | None = None
+    options: dict = field(default_factory=dict)
+    stream_id: str | None = None
+    json: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+
+def _print(text: str, out: TextIO) -> None:
+    print(text, file=out, flush=True)
+
+
+async def run_job(job: StreamJob, *, handle_sigint: bool = True, interrupted_exit: int | None = None) -> int:
+    """Stream ``job.source``, print every event, and return the exit code.
+
+    The first Ctrl-C (SIGINT) sends ``stop`` and waits for the summary; a second one
+    aborts.  After a Ctrl-C the exit code is ``interrupted_exit`` when given (``stream``:
+    130), else the verdict's (``mic``: Ctrl-C is how it ends).  Failures raise
+    :class:`~voxguard.clients.ClientError` (after printing the server's ``error`` event
+    with ``--json``)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            main.cancel()
+            return
+        stop.set()
+        _print("voxguard: stopping, waiting for the summary (Ctrl-C again to abort)", job.err)
+
+    if handle_sigint:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    view = LiveView()
+    summary: Summary | None = None
+    try:
+        async for event in job.client.stream(job.source, claimed_speaker=job.claimed_speaker, options=job.options,
+                                             stream_id=job.stream_id, stop=stop):
+            if isinstance(event, Summary):
+                summary = event
+            _show(event, view, job)
+    except ServerError as e:
+        if job.json:
+            _print(json.dumps(e.event.raw), job.out)
+        raise
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        if handle_sigint:
+            loop.remove_signal_handler(signal.SIGINT)
+    assert summary is not None
+    if stop.is_set() and interrupted_exit is not None:
+        return interrupted_exit
+    return verdict_exit_code(summary)
+
+
+def _show(event: Event, view: LiveView, job: StreamJob) -> None:
+    if job.json:
+        if isinstance(event, Reconnected):  # not a server event: a note on stderr
+            _print(f"voxguard: reconnected as stream {event.stream_id}: {event.reason}", job.err)
+        else:
+            _print(json.dumps(event.raw), job.out)
+        return
+    line = view.render(event)
+    if line is not None:
+        _print(line, job.out)
+
+
+def run(job: StreamJob, **kwargs) -> int:
+    """:func:`run_job` from synchronous code (the CLI)."""
+    try:
+        return asyncio.run(run_job(job, **kwargs))
+    except ClientError:
+        raise
+    except ValueError as e:  # bad audio blocks or stream settings
+        raise UsageError(str(e)) from None
+    except OSError as e:  # the source (a pipe) failed
+        raise UsageError(f"cannot read the audio input: {e.strerror or e}") from None
+
+
+# -- `voxguard stream` (arguments in commands.py) ------------------------------------------
+def source_from_args(args) -> AudioSource:
+    if args.block <= 0 or args.block > 10:
+        raise UsageError("--block must be between 0 and 10 seconds")
+    if not args.no_pace and args.speed <= 0:
+        raise UsageError("--speed must be positive")
+    speed = None if args.no_pace else args.speed
+    if args.input == "-":
+        try:
+            return PcmSource(sys.stdin.buffer, args.rate, args.encoding, args.channels, args.block, speed)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return file_source(args.input, args.block, speed)  # AudioError names the file
+
+
+def cmd_stream(ctx) -> int:
+    args = ctx.args
+    source = source_from_args(args)
+    job = StreamJob(client_from_args(args), source, args.claim, options_from_args(args), args.stream_id, ctx.json)
+    code = run(job, interrupted_exit=EXIT_INTERRUPTED)
+    dropped = getattr(source, "dropped_bytes", 0)
+    if dropped:
+        _print(f"voxguard: warning: dropped {dropped} trailing byte(s) of stdin (not a whole sample frame)",
+               sys.stderr)
+    return code

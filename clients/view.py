@@ -1,0 +1,103 @@
+"""The terminal rendering shared by ``voxguard stream`` and ``voxguard mic``: one line per
+event, each identity line carrying the whole current state (who is speaking and with what
+score, the claimed speaker's verdict, the clone-suspicion level), and a summary block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .events import (CloneSuspicion, Event, Identity, Ready, Reconnected, SpeechEnd, SpeechStart, Summary,
+                     Verification, Warning)
+
+
+def _score(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+@dataclass
+class LiveState:
+    """What the view remembers between events."""
+
+    speaker: str | None = None  # smoothed decision
+    score: float | None = None  # this speaker's latest window score
+    claim: str | None = None
+    verdict: str = "undecided"
+    verify_score: float | None = None
+    clone_level: str = "none"
+    clone_score: float = 0.0
+
+
+class LiveView:
+    """Turns events into readable lines (``render`` returns ``None`` for nothing to print)."""
+
+    def __init__(self):
+        self.state = LiveState()
+
+    def status(self) -> str:
+        s = self.state
+        who = f"{s.speaker} {_score(s.score)}" if s.speaker else "nobody recognised"
+        parts = [f"speaking: {who}"]
+        if s.claim:
+            parts.append(f"claim {s.claim}: {s.verdict} {_score(s.verify_score)}")
+        parts.append(f"clone: {s.clone_level}")
+        return " | ".join(parts)
+
+    def render(self, ev: Event) -> str | None:
+        s = self.state
+        t = f"{ev.time:8.2f}s  "
+        if isinstance(ev, Ready):
+            s.claim = ev.claimed_speaker
+            emb = ev.embedder
+            th = ev.thresholds
+            claim = f", claim {ev.claimed_speaker}" if ev.claimed_speaker else ""
+            return (f"ready: stream {ev.stream_id}, {emb.get('name')} on {emb.get('device')}, "
+                    f"{ev.index.get('enrolled_speakers')} enrolled speaker(s), accept >= "
+                    f"{_score(th.get('accept'))}{claim}")
+        if isinstance(ev, Reconnected):
+            s.speaker, s.score, s.verdict, s.verify_score = None, None, "undecided", None
+            return f"reconnected as stream {ev.stream_id} after {ev.attempt} failure(s): {ev.reason}"
+        if isinstance(ev, SpeechStart):
+            return f"{t}speech start"
+        if isinstance(ev, SpeechEnd):
+            return f"{t}speech end ({ev.duration:.2f} s)"
+        if isinstance(ev, Identity):
+            s.speaker = ev.current
+            s.score = next((x["score"] for x in ev.top if x["speaker"] == s.speaker), None) if s.speaker else None
+            window = f"window {ev.speaker or '-'} {_score(ev.score)}"
+            return f"{t}{self.status()}   [{window}]"
+        if isinstance(ev, Verification):
+            s.claim = ev.claimed_speaker
+            s.verdict = ev.decision
+            s.verify_score = ev.session.get("score")
+            return (f"{t}verify {ev.claimed_speaker}: {ev.decision} (mean {_score(s.verify_score)} over "
+                    f"{ev.session.get('windows')} window(s), threshold {_score(ev.threshold)}; "
+                    f"this window {_score(ev.window.get('score'))} {ev.window.get('decision')})")
+        if isinstance(ev, CloneSuspicion):
+            s.clone_level, s.clone_score = ev.level, ev.score
+            who = f" of {ev.speaker}" if ev.speaker else ""
+            return f"{t}clone suspicion{who}: {ev.level} ({ev.score:.2f})"
+        if isinstance(ev, Warning):
+            return f"{t}warning {ev.code}: {ev.message}"
+        if isinstance(ev, Summary):
+            return self.summary(ev)
+        return None
+
+    @staticmethod
+    def summary(ev: Summary) -> str:
+        ident = ev.identity
+        dec = ident.get("decision") or {}
+        w = ev.windows
+        lines = [f"summary ({'stopped' if ev.reason == 'stop' else 'server shut down'}): {ev.duration:.2f} s of "
+                 f"audio, {ev.speech_duration:.2f} s speech ({100 * ev.speech_ratio:.0f}%), {w.get('scored')} "
+                 f"window(s) scored, {w.get('dropped')} dropped",
+                 f"  speaker: {dec.get('speaker') or 'nobody recognised'} (closest overall: "
+                 f"{ident.get('speaker') or '-'} {_score(ident.get('score'))}; {dec.get('changes', 0)} change(s))"]
+        v = ev.verification
+        if v:
+            lines.append(f"  claim {v['claimed_speaker']}: {v['decision'].upper()} (mean score "
+                         f"{_score(v.get('score'))} over {v.get('windows')} window(s), threshold "
+                         f"{_score(v.get('threshold'))})")
+        c = ev.clone
+        lines.append(f"  clone suspicion: {c.get('max_level')} (max {_score(c.get('max_score'))}, "
+                     f"{c.get('suspicious_windows')} suspicious window(s))")
+        return "\n".join(lines)

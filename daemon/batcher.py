@@ -1,0 +1,143 @@
+"""One batching embedder shared by every stream.
+
+Streams submit :class:`~voxguard.daemon.session.WindowJob` s from the event loop; a
+dedicated worker thread takes up to ``max_batch`` of them — waiting at most
+``max_wait`` after the oldest one arrived for more to join — embeds them in one
+call (on the embedder's device: CUDA when present), searches the index for the
+window embeddings and the streams' running-mean embeddings in one batched FAISS
+call, assesses clone evidence, and hands the :class:`WindowResult` s to
+``deliver`` (which the server routes back to the event loop).  While a batch runs,
+new windows queue up, so batches grow with the load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .session import WindowJob, WindowResult
+from .snapshot import ScoringSnapshot
+
+log = logging.getLogger(__name__)
+
+
+class Batcher:
+    def __init__(self, embedder, snapshot: ScoringSnapshot,
+                 deliver: Callable[[list[WindowResult]], None], max_batch: int = 64,
+                 max_wait: float = 0.005, metrics=None):
+        self.embedder = embedder
+        self._snapshot = snapshot
+        self.deliver = deliver
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.metrics = metrics
+        self._queue: deque[tuple[float, WindowJob]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="voxguard-batcher", daemon=True)
+
+    # -- control (event loop side) -------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish what is queued, then end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def snapshot(self) -> ScoringSnapshot:
+        return self._snapshot
+
+    def swap(self, snapshot: ScoringSnapshot) -> None:
+        """Atomically replace the scoring state; the next batch uses the new one."""
+        self._snapshot = snapshot
+
+    def submit(self, jobs: Sequence[WindowJob]) -> None:
+        if not jobs:
+            return
+        now = time.monotonic()
+        with self._cond:
+            self._queue.extend((now, j) for j in jobs)
+            depth = len(self._queue)
+            self._cond.notify()
+        if self.metrics:
+            self.metrics.queue_depth.set(depth)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    # -- worker ------------------------------------------------------------------------------
+    def _take(self) -> list[WindowJob] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0][0] + self.max_wait
+            while len(self._queue) < self.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = []
+            while self._queue and len(batch) < self.max_batch:
+                _, job = self._queue.popleft()
+                if job.cancelled:
+                    continue
+                job.taken = True
+                batch.append(job)
+            depth = len(self._queue)
+        if self.metrics:
+            self.metrics.queue_depth.set(depth)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                results = self.process(batch)
+            except Exception as e:  # a broken model must not kill the worker silently
+                log.exception("embedding a batch of %d windows failed", len(batch))
+                results = [WindowResult(job, error=f"{type(e).__name__}: {e}") for job in batch]
+            self.deliver(results)
+
+    def process(self, batch: list[WindowJob]) -> list[WindowResult]:
+        """Embed, search and assess one batch (worker thread; also used by the benchmark)."""
+        snap = self._snapshot
+        m = self.metrics
+        t0 = time.perf_counter()
+        vecs = self.embedder.embed([j.samples for j in batch])
+        t1 = time.perf_counter()
+        session_vecs = np.stack([j.accumulator.add(v) for j, v in zip(batch, vecs)])
+        k = max(j.top_k for j in batch)
+        found = snap.search(np.concatenate([vecs, session_vecs]), k)
+        win_res, ses_res = found[: len(batch)], found[len(batch):]
+        claimed = [j.claimed for j in batch]
+        clones = snap.detector.assess_batch(win_res, claimed, [j.samples for j in batch])
+        t2 = time.perf_counter()
+        out = []
+        for i, job in enumerate(batch):
+            r = WindowResult(job, win_res[i], ses_res[i], clone=clones[i], threshold=snap.thresholds.accept)
+            if job.claimed is not None:
+                r.claimed_window = snap.claimed_score(vecs[i], win_res[i], job.claimed)
+            out.append(r)
+        if m:
+            m.batch_size.observe(len(batch))
+            m.embedding_seconds.observe(t1 - t0)
+            m.search_seconds.observe(t2 - t1)
+            m.windows_embedded.inc(len(batch))
+        return out

@@ -1,0 +1,149 @@
+"""``voxguard serve`` settings: command-line flags, ``VOXGUARD_*`` environment
+overrides for the deployment-specific ones, and the checks that refuse an unsafe or
+inconsistent configuration before anything is loaded."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from voxguard.errors import VoxguardError
+
+from .session import SessionLimits
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+TOKENS_ENV = "VOXGUARD_TOKENS"
+
+
+class ConfigError(VoxguardError):
+    """The daemon's configuration is unsafe or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    store: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    tokens: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_origins: tuple[str, ...] = ()
+    max_streams: int = 64
+    idle_timeout: float = 30.0
+    write_timeout: float = 10.0
+    max_batch: int = 64
+    max_wait: float = 0.005
+    faiss_threads: int = 1
+    limits: SessionLimits = field(default_factory=SessionLimits)
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.tokens)
+
+    def check(self) -> None:
+        if not self.tokens and not is_loopback(self.host):
+            raise ConfigError(f"refusing to listen on {self.host} without authentication: pass --token-file "
+                              f"FILE or set ${TOKENS_ENV} (tokens are optional only on loopback addresses)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        for p in (self.tls_cert, self.tls_key):
+            if p is not None and not p.is_file():
+                raise ConfigError(f"TLS file not found: {p}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("--port must be between 0 and 65535")
+        if self.max_streams < 1 or self.max_batch < 1 or self.limits.max_pending < 1:
+            raise ConfigError("--max-streams, --max-batch and --max-pending-windows must be at least 1")
+        for name in ("idle_timeout", "write_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_tokens(token_file: str | None, env: dict | None = None) -> tuple[str, ...]:
+    """Tokens from ``token_file`` (one per line, ``#`` comments) plus ``$VOXGUARD_TOKENS`` (comma-separated)."""
+    env = os.environ if env is None else env
+    tokens: list[str] = []
+    if token_file:
+        p = Path(token_file).expanduser()
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read token file {p}: {e.strerror or e}") from None
+        tokens += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not tokens:
+            raise ConfigError(f"token file {p} holds no token")
+    tokens += [t.strip() for t in env.get(TOKENS_ENV, "").split(",") if t.strip()]
+    for t in tokens:
+        if len(t) < 16:
+            raise ConfigError("every token must be at least 16 characters long")
+    return tuple(dict.fromkeys(tokens))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    net = p.add_argument_group("network and security")
+    net.add_argument("--host", default=env("VOXGUARD_HOST", DEFAULT_HOST),
+                     help="address to bind (default 127.0.0.1, or $VOXGUARD_HOST); anything but loopback "
+                          "requires tokens")
+    net.add_argument("--port", type=int, default=int(env("VOXGUARD_PORT", DEFAULT_PORT)),
+                     help="TCP port (default 8765, or $VOXGUARD_PORT; 0 picks a free one)")
+    net.add_argument("--token-file", metavar="FILE", default=env("VOXGUARD_TOKEN_FILE"),
+                     help="bearer tokens, one per line (also $VOXGUARD_TOKENS, comma-separated)")
+    net.add_argument("--tls-cert", metavar="PEM", default=env("VOXGUARD_TLS_CERT"), help="serve wss:// and https://")
+    net.add_argument("--tls-key", metavar="PEM", default=env("VOXGUARD_TLS_KEY"), help="private key for --tls-cert")
+    net.add_argument("--allow-origin", metavar="ORIGIN", action="append", default=None,
+                     help="browser Origin allowed to open streams (repeatable; default: any, and "
+                          "clients that send no Origin are always allowed)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-streams", type=int, default=64, help="concurrent streams (default 64)")
+    lim.add_argument("--max-frame-bytes", type=int, default=1 << 20, help="largest binary message (default 1 MiB)")
+    lim.add_argument("--max-duration", type=float, default=4 * 3600.0,
+                     help="longest stream, seconds of audio (default 14400)")
+    lim.add_argument("--idle-timeout", type=float, default=30.0,
+                     help="close a stream that sends nothing for this long (default 30 s)")
+    lim.add_argument("--write-timeout", type=float, default=10.0,
+                     help="drop a client that does not read its events for this long (default 10 s)")
+    lim.add_argument("--max-pending-windows", type=int, default=16,
+                     help="windows of one stream waiting for the embedder before the oldest are dropped "
+                          "(default 16)")
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--max-batch", type=int, default=64, help="largest embedder batch (default 64)")
+    eng.add_argument("--max-wait-ms", type=float, default=5.0,
+                     help="how long a window waits for others to join its batch (default 5 ms)")
+    eng.add_argument("--faiss-threads", type=int, default=1,
+                     help="OpenMP threads for index searches (default 1; 0 keeps FAISS's default)")
+    eng.add_argument("--enter-windows", type=int, default=2,
+                     help="consistent windows before a speaker becomes current (default 2)")
+    eng.add_argument("--exit-windows", type=int, default=3,
+                     help="contradicting windows before the current speaker is dropped (default 3)")
+
+
+def from_args(args: argparse.Namespace, store: Path) -> ServeConfig:
+    limits = SessionLimits(max_frame_bytes=args.max_frame_bytes, max_duration=args.max_duration,
+                           max_pending=args.max_pending_windows, enter_windows=args.enter_windows,
+                           exit_windows=args.exit_windows)
+    if limits.enter_windows < 1 or limits.exit_windows < 1:
+        raise ConfigError("--enter-windows and --exit-windows must be at least 1")
+    if args.max_frame_bytes < 1024:
+        raise ConfigError("--max-frame-bytes must be at least 1024")
+    cfg = ServeConfig(
+        store=store, host=args.host, port=args.port, tokens=read_tokens(args.token_file),
+        tls_cert=Path(args.tls_cert).expanduser() if args.tls_cert else None,
+        tls_key=Path(args.tls_key).expanduser() if args.tls_key else None,
+        allow_origins=tuple(args.allow_origin or ()), max_streams=args.max_streams,
+        idle_timeout=args.idle_timeout, write_timeout=args.write_timeout, max_batch=args.max_batch,
+        max_wait=args.max_wait_ms / 1000.0, faiss_threads=args.faiss_threads, limits=limits)
+    cfg.check()
+    return cfg

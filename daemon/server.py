@@ -1,0 +1,504 @@
+"""``voxguard serve``: a thin asyncio shell around the :class:`Session` engine and the
+shared :class:`Batcher`, on one port that speaks WebSocket (``/v1/stream``) and plain
+HTTP (``/metrics``, ``/healthz``, ``/readyz``, ``/``, ``POST /admin/reload``).
+
+Built on the ``websockets`` asyncio server: its ``process_request`` hook sees every
+request before the WebSocket handshake (websockets >= 17 hands it non-GET requests
+too), so the HTTP endpoints answer there and only authorised ``/v1/stream``
+upgrades go on to the handshake.  The server never computes a score; the session
+never touches a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import faiss
+import numpy as np
+import sdnotify
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from voxguard.protocol import ERRORS, STREAM_PATH, ProtocolError
+
+from .batcher import Batcher
+from .config import ConfigError, ServeConfig
+from .metrics import DaemonMetrics
+from .session import EngineInfo, Output, Session, WindowResult
+from .snapshot import ScoringSnapshot, load_snapshot
+
+log = logging.getLogger(__name__)
+
+STATIC_INDEX = Path(__file__).parent / "static" / "index.html"
+SEND_BUFFER = 128 * 1024  # kernel send buffer per stream (events are small: ~100 KB/s at most)
+MAX_OUTBOX = 1000  # events waiting to be written to one client before it counts as a slow consumer
+DRAIN_TIMEOUT = 60.0  # seconds to wait for a stream's in-flight windows at stop / shutdown
+SHUTDOWN_TIMEOUT = 90.0
+
+
+class Notifier:
+    """systemd ``sd_notify`` messages (only when ``$NOTIFY_SOCKET`` is set)."""
+
+    def __init__(self):
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        self._n = sdnotify.SystemdNotifier() if self.enabled else None
+        if self._n is not None and self._n.socket is not None:
+            # never let a notify socket nobody reads block the event loop (a full queue drops the message)
+            self._n.socket.setblocking(False)
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID")
+        ok_pid = pid is None or pid == str(os.getpid())
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and ok_pid else None
+
+    def notify(self, state: str) -> None:
+        if self._n is not None:
+            self._n.notify(state)
+
+    def reloading(self) -> None:
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+
+
+def _response(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store")])
+    for k, v in (extra or {}).items():
+        headers[k] = v
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def _json(status: int, data: dict, extra: dict | None = None) -> Response:
+    return _response(status, (json.dumps(data) + "\n").encode(), "application/json", extra)
+
+
+class Stream:
+    """One WebSocket connection: reads client messages into its session, writes events."""
+
+    def __init__(self, daemon: "Daemon", ws: ServerConnection):
+        self.daemon = daemon
+        self.ws = ws
+        self.session = Session(daemon.engine_info(), daemon.config.limits)
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.receiver: asyncio.Task | None = None
+        self.shutting_down = False
+        self.dead = False
+        self._audio_s = 0.0
+        self._voiced_s = 0.0
+
+    # -- output -----------------------------------------------------------------------------
+    def emit(self, event: dict, received_at: float | None = None) -> None:
+        if self.dead:
+            return
+        if self.outbox.qsize() >= MAX_OUTBOX:
+            self.slow_consumer()
+            return
+        self.outbox.put_nowait((event, received_at))
+
+    def apply(self, out: Output) -> None:
+        for ev in out.events:
+            self.emit(ev)
+        if out.jobs:
+            self.drained.clear()
+            self.daemon.batcher.submit(out.jobs)
+        if out.dropped:
+            self.daemon.metrics.windows_dropped.inc(out.dropped)
+        m = self.daemon.metrics
+        t, v = self.session.time, self.session.speech_seconds
+        m.audio_seconds.inc(max(0.0, t - self._audio_s))
+        m.voiced_seconds.inc(max(0.0, v - self._voiced_s))
+        self._audio_s, self._voiced_s = t, v
+
+    def on_result(self, result: WindowResult) -> None:
+        try:
+            events = self.session.complete(result)
+        except RuntimeError as e:
+            log.error("stream %s: %s", self.session.stream_id, e)
+            self.fail(ProtocolError("internal_error", "the embedder failed on this stream's audio"))
+            return
+        if result.clone is not None and events:
+            self.daemon.metrics.clone_suspicions.labels(result.clone.level).inc()
+        for ev in events:
+            self.emit(ev, result.job.received_at if ev["type"] == "identity" else None)
+        if not self.session.pending:
+            self.drained.set()
+
+    def fail(self, err: ProtocolError) -> None:
+        """Send ``error`` and close with its code (the receiver stops)."""
+        if self.dead:
+            return
+        self.daemon.metrics.errors.labels(err.code).inc()
+        self.emit(self.session.error_event(err))
+        self.outbox.put_nowait(("close", err.close_code, err.code))
+        self.dead = True
+        self._cancel_jobs()
+        if self.receiver is not None and self.receiver is not asyncio.current_task():
+            self.receiver.cancel()
+
+    def slow_consumer(self) -> None:
+        """The client does not read: abort the TCP connection (a close frame could not get through)."""
+        if self.ws.transport.is_closing():
+            return
+        log.warning("stream %s: client does not read its events; dropping it", self.session.stream_id or "-")
+        self.daemon.metrics.errors.labels("slow_consumer").inc()
+        self.dead = True
+        self._cancel_jobs()
+        self.ws.transport.abort()
+        if self.receiver is not None and self.receiver is not asyncio.current_task():
+            self.receiver.cancel()
+
+    def _cancel_jobs(self) -> None:
+        for job in list(self.session.pending):
+            job.cancelled = True
+        self.session.pending.clear()
+        self.drained.set()
+
+    async def _send_loop(self) -> None:
+        m = self.daemon.metrics
+        timeout = self.daemon.config.write_timeout
+        while True:
+            item = await self.outbox.get()
+            if item[0] == "close":
+                _, code, reason = item
+                try:
+                    await self.ws.close(code, reason)
+                except ConnectionClosed:
+                    pass
+                return
+            event, received_at = item
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.ws.send(json.dumps(event))
+            except TimeoutError:
+                self.slow_consumer()
+                return
+            except ConnectionClosed:
+                return
+            m.events.labels(event["type"]).inc()
+            if received_at is not None:
+                m.event_latency.observe(time.monotonic() - received_at)
+
+    # -- input ------------------------------------------------------------------------------
+    async def _receive_loop(self) -> str:
+        idle = self.daemon.config.idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    msg = await self.ws.recv()
+            except TimeoutError:
+                raise ProtocolError("idle_timeout", f"nothing received for {idle:g} s") from None
+            now = time.monotonic()
+            if isinstance(msg, str):
+                out = self.session.receive_text(msg, now)
+            else:
+                out = self.session.receive_audio(msg, now)
+            self.apply(out)
+            if out.stop:
+                return "stop"
+            # recv() does not yield while messages are buffered: let other streams and HTTP run
+            await asyncio.sleep(0)
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        self.receiver = asyncio.create_task(self._receive_loop())
+        outcome = "closed"
+        try:
+            await asyncio.wait({self.receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if self.receiver.done() and not self.receiver.cancelled():
+                exc = self.receiver.exception()
+                if exc is None:
+                    outcome = "stop"
+                elif isinstance(exc, ProtocolError):
+                    outcome = "error"
+                    self.fail(exc)
+                elif isinstance(exc, ConnectionClosed):
+                    outcome = "disconnected"
+                else:
+                    log.error("stream %s failed", self.session.stream_id, exc_info=exc)
+                    outcome = "error"
+                    self.fail(ProtocolError("internal_error", "unexpected server error"))
+            elif self.shutting_down and not self.dead:
+                outcome = "shutdown"
+                if self.session.start is not None:
+                    self.apply(self.session.finish())
+            elif self.dead:
+                outcome = "error"
+            if outcome in ("stop", "shutdown"):
+                try:
+                    await asyncio.wait_for(self.drained.wait(), DRAIN_TIMEOUT)
+                except TimeoutError:
+                    log.error("stream %s: windows still in flight after %g s", self.session.stream_id, DRAIN_TIMEOUT)
+                if self.session.start is not None:
+                    self.emit(self.session.summary("stop" if outcome == "stop" else "shutdown"))
+                self.outbox.put_nowait(("close", 1000 if outcome == "stop" else 1001,
+                                        "stream stopped" if outcome == "stop" else "server shutting down"))
+            elif outcome == "disconnected":
+                self._cancel_jobs()
+                self.outbox.put_nowait(("close", 1000, ""))
+            if not sender.done():
+                await asyncio.wait_for(sender, self.daemon.config.write_timeout + 15)
+        except (TimeoutError, ConnectionClosed):
+            self.ws.transport.abort()
+        finally:
+            self._cancel_jobs()
+            if not self.receiver.done():
+                self.receiver.cancel()
+            if not sender.done():
+                sender.cancel()
+            self.daemon.metrics.streams.labels(outcome).inc()
+
+    def request_shutdown(self) -> None:
+        self.shutting_down = True
+        if self.receiver is not None and not self.receiver.done():
+            self.receiver.cancel()
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig, embedder, metrics: DaemonMetrics | None = None):
+        self.config = config
+        self.embedder = embedder
+        self.metrics = metrics or DaemonMetrics()
+        self.notifier = Notifier()
+        self.streams: dict[Session, Stream] = {}
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._server = None
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> ScoringSnapshot:
+        return self.batcher.snapshot
+
+    def engine_info(self) -> EngineInfo:
+        snap = self.snapshot
+        ident = self.embedder.identity
+        return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device)}, index=snap.info(),
+                          thresholds={"accept": snap.thresholds.accept, "source": snap.thresholds.source},
+                          speakers=snap.speakers)
+
+    def _load(self) -> ScoringSnapshot:
+        return load_snapshot(self.config.store, self.embedder.identity)
+
+    async def reload(self) -> dict:
+        """Re-read store and index and swap them in; streams keep running."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                snap = await asyncio.to_thread(self._load)
+            except Exception as e:
+                self.metrics.reloads.labels("failed").inc()
+                log.error("reload failed, keeping the current index: %s", getattr(e, "message", e))
+                raise
+            finally:
+                self.notifier.notify("READY=1")
+            self.batcher.swap(snap)
+            self.metrics.set_index(snap.info())
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded: %s", snap.info())
+            return snap.info()
+
+    def _deliver(self, results: list[WindowResult]) -> None:  # worker thread
+        self._loop.call_soon_threadsafe(self._on_results, results)
+
+    def _on_results(self, results: list[WindowResult]) -> None:
+        for r in results:
+            stream = self.streams.get(r.job.session)
+            if stream is not None:
+                stream.on_result(r)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _token_ok(self, request: Request, query: dict) -> bool | None:
+        """None: no token given; else whether it is valid."""
+        auth = request.headers.get("Authorization")
+        given = None
+        if auth:
+            scheme, _, value = auth.partition(" ")
+            given = value.strip() if scheme.lower() == "bearer" else ""
+        elif query.get("token"):
+            given = query["token"][0]
+        if given is None:
+            return None
+        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
+
+    def _auth_failure(self, request: Request, query: dict) -> Response | None:
+        if not self.config.auth_required:
+            return None
+        ok = self._token_ok(request, query)
+        if ok is None:
+            return _json(401, {"error": "missing bearer token"}, {"WWW-Authenticate": 'Bearer realm="voxguard"'})
+        if not ok:
+            return _json(403, {"error": "invalid token"})
+        return None
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        path, method = url.path, request.method
+        if path == STREAM_PATH and method == "GET":
+            denied = self._auth_failure(request, query)
+            if denied is None and not self.ready:
+                return _json(503, {"error": "shutting down"})
+            return denied  # None: go on with the WebSocket handshake
+        if path == "/admin/reload":
+            if method != "POST":
+                return _json(405, {"error": "use POST"}, {"Allow": "POST"})
+            denied = self._auth_failure(request, query)
+            if denied is not None:
+                return denied
+            try:
+                return _json(200, {"reloaded": True, "index": await self.reload()})
+            except Exception as e:
+                return _json(500, {"reloaded": False, "error": str(getattr(e, "message", e))})
+        if method != "GET":
+            return _json(405, {"error": f"{method} not allowed"}, {"Allow": "GET"})
+        if path == "/metrics":
+            return _response(200, self.metrics.render(), self.metrics.content_type)
+        if path == "/healthz":
+            return _json(200, {"status": "ok"})
+        if path == "/readyz":
+            body = {"ready": self.ready, "embedder": self.engine_info().embedder if self.batcher else None,
+                    "index": self.snapshot.info() if self.batcher else None, "active_streams": len(self.streams)}
+            return _json(200 if self.ready else 503, body)
+        if path in ("/", "/index.html"):
+            if STATIC_INDEX.is_file():
+                return _response(200, STATIC_INDEX.read_bytes(), "text/html; charset=utf-8")
+            return _response(200, f"voxguard daemon: stream at {STREAM_PATH}, see docs/protocol.md\n".encode(),
+                             "text/plain; charset=utf-8")
+        return _json(404, {"error": f"no such endpoint: {path}"})
+
+    # -- WebSocket --------------------------------------------------------------------------------
+    async def handler(self, ws: ServerConnection) -> None:
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:  # bound what a client that stops reading can leave in the kernel
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        stream = Stream(self, ws)
+        if len(self.streams) >= self.config.max_streams or not self.ready:
+            err = ProtocolError("server_busy", f"the server serves its maximum of {self.config.max_streams} "
+                                               f"streams; try again later" if self.ready else "shutting down")
+            self.metrics.errors.labels(err.code).inc()
+            try:
+                await ws.send(json.dumps(stream.session.error_event(err)))
+                await ws.close(err.close_code, err.code)
+            except ConnectionClosed:
+                pass
+            return
+        self.streams[stream.session] = stream
+        self.metrics.active_streams.inc()
+        try:
+            await stream.run()
+        finally:
+            del self.streams[stream.session]
+            self.metrics.active_streams.dec()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def request_shutdown(self) -> None:
+        self._stop.set()
+
+    async def _watchdog(self) -> None:
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(self.notifier.watchdog_interval)
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"cannot load TLS certificate/key: {e}") from None
+        return ctx
+
+    async def run(self, on_listening=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        if cfg.faiss_threads > 0:
+            # batches are small: OpenMP threads cost more in wake-ups than they save (py-spy: 11 % of
+            # the daemon's samples in IndexFlat.search with the default threads on 2 busy cores)
+            faiss.omp_set_num_threads(cfg.faiss_threads)
+        snap = await asyncio.to_thread(self._load)
+        # the first forward pass is slow (lazy initialisation): do it before accepting streams
+        await asyncio.to_thread(self.embedder.embed, [np.zeros(24000, dtype=np.float32)])
+        self.metrics.set_model(self.embedder.identity, self.embedder.device)
+        self.metrics.set_index(snap.info())
+        self.batcher = Batcher(self.embedder, snap, self._deliver, cfg.max_batch, cfg.max_wait, self.metrics)
+        self.batcher.start()
+        origins = [*cfg.allow_origins, None] if cfg.allow_origins else None
+        limit = cfg.limits.max_frame_bytes
+        try:
+            self._server = await serve(
+                self.handler, cfg.host, cfg.port, process_request=self.process_request, origins=origins,
+                compression=None, max_size=max(2 * limit, 1 << 16), ssl=self._ssl(), server_header="voxguard")
+        except OSError as e:
+            self.batcher.stop()
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.ready = True
+        for sig, fn in ((signal.SIGTERM, self.request_shutdown), (signal.SIGINT, self.request_shutdown),
+                        (signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_quietly()))):
+            self._loop.add_signal_handler(sig, fn)
+        self.notifier.notify("READY=1")
+        watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
+        if on_listening:
+            on_listening(self)
+        await self._stop.wait()
+        await self._shutdown()
+        if watchdog:
+            watchdog.cancel()
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.reload()
+        except Exception:
+            pass  # logged by reload(); the old index stays in service
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, finish in-flight windows, send summaries, close streams with 1001."""
+        log.info("shutting down: %d stream(s) open", len(self.streams))
+        self.notifier.notify("STOPPING=1")
+        self.ready = False
+        self._server.close(close_connections=False)
+        for stream in list(self.streams.values()):
+            stream.request_shutdown()
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            log.error("streams still open after %g s; closing them", SHUTDOWN_TIMEOUT)
+        await asyncio.to_thread(self.batcher.stop)
+
+
+def listening_line(daemon: Daemon) -> str:
+    scheme = "wss" if daemon.config.tls_cert else "ws"
+    return f"voxguard serve: listening on {scheme}://{daemon.config.host}:{daemon.port}{STREAM_PATH}"
+
+
+def run_daemon(config: ServeConfig, embedder) -> int:
+    def announce(daemon: Daemon) -> None:
+        print(listening_line(daemon), flush=True)
+        info = daemon.snapshot.info()
+        print(f"voxguard serve: embedder {embedder.identity} on {embedder.device}; "
+              f"{info['enrolled_speakers']} enrolled speaker(s) from {config.store}", file=sys.stderr, flush=True)
+
+    asyncio.run(Daemon(config, embedder).run(announce))
+    return 0
+
+
+__all__ = ["Daemon", "Stream", "run_daemon", "listening_line", "ERRORS"]

@@ -1,0 +1,129 @@
+"""Scoring backends: training, AS-norm arithmetic, serialisation, and the scorer applying them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voxguard.backend import BACKEND_NAMES, ScoreBackend, backend_from_calibration, parse_backend_name
+from voxguard.embedders.base import l2_normalise
+from voxguard.enroll.calibration import (CalibrationConfig, CalibrationError, CalibrationInput,
+                                         calibrate_input, error_rates, train_backend)
+from voxguard.index import SpeakerIndex
+from voxguard.scoring import SpeakerScorer, Thresholds
+
+
+def _speakers(n_spk=12, per=10, dim=32, seed=0, spread=0.5):
+    """Clustered unit vectors: per-speaker means plus a shared nuisance direction."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_spk, dim))
+    nuisance = rng.standard_normal((1, dim)) * 3
+    x = np.repeat(centers, per, axis=0) + spread * rng.standard_normal((n_spk * per, dim)) \
+        + rng.standard_normal((n_spk * per, 1)) * nuisance
+    names = np.repeat([f"s{i:02d}" for i in range(n_spk)], per)
+    return l2_normalise(x).astype(np.float64), names
+
+
+def test_backend_names_parse():
+    assert parse_backend_name("lda+asnorm") == ("lda", True)
+    assert parse_backend_name("wccn") == ("wccn", False)
+    assert len(BACKEND_NAMES) == 10
+    with pytest.raises(ValueError, match="unknown scoring backend"):
+        parse_backend_name("plda")
+
+
+@pytest.mark.parametrize("name", BACKEND_NAMES)
+def test_trained_state_round_trips_and_scores_identically(name):
+    x, names = _speakers()
+    backend = train_backend(x, names, CalibrationConfig(backend=name, lda_dims=8, asnorm_top=10))
+    assert backend.name == name
+    again = ScoreBackend.from_bytes(backend.to_bytes())
+    q, m = x[::7], x[3::11]
+    np.testing.assert_array_equal(backend.score(q, m, list(names[3::11])), again.score(q, m, list(names[3::11])))
+    if name.startswith("lda"):
+        assert backend.out_dim == 8
+
+
+def test_asnorm_matches_an_independent_computation():
+    x, names = _speakers(seed=1)
+    train, test = names < "s08", names >= "s08"
+    be = train_backend(x[train], names[train], CalibrationConfig(backend="center+asnorm", asnorm_top=7))
+    a, b = x[test][:9], x[test][9:20]
+    # by hand: centre, normalise, cosine; z-normalise each side by its 7 best cohort scores
+    mu = x[train].mean(axis=0)
+    t = lambda v: (v - mu) / np.linalg.norm(v - mu, axis=1, keepdims=True)  # noqa: E731
+    coh = t(x[train])
+    s = t(a) @ t(b).T
+    top_a = np.sort(t(a) @ coh.T, axis=1)[:, -7:]
+    top_b = np.sort(t(b) @ coh.T, axis=1)[:, -7:]
+    want = 0.5 * ((s - top_a.mean(1)[:, None]) / top_a.std(1)[:, None]
+                  + (s - top_b.mean(1)[None, :]) / top_b.std(1)[None, :])
+    np.testing.assert_allclose(be.score(a, b), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(be.score_pairs(a[:5], b[:5]), np.diag(want)[:5], rtol=1e-4, atol=1e-4)
+
+
+def test_asnorm_leaves_out_the_scored_speakers_cohort_rows():
+    x, names = _speakers(seed=2)
+    be = train_backend(x, names, CalibrationConfig(backend="cosine+asnorm", asnorm_top=5))
+    model = l2_normalise(x[names == "s03"].sum(axis=0, keepdims=True))
+    q = x[names == "s03"][:2]
+    got = be.score(q, model, ["s03"])
+    keep = names != "s03"
+    top_q = np.sort(q @ x[keep].T, axis=1)[:, -5:]
+    top_m = np.sort(model @ x[keep].T, axis=1)[:, -5:]
+    s = q @ model.T
+    want = 0.5 * ((s - top_m.mean()) / top_m.std() + (s - top_q.mean(1)[:, None]) / top_q.std(1)[:, None])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(be.score(q, model), got)  # without the name the own rows count
+
+
+def test_wccn_asnorm_separates_better_than_cosine_on_held_out_speakers():
+    x, names = _speakers(n_spk=30, per=8, dim=48, seed=3, spread=0.9)
+    train, test = names < "s20", names >= "s20"
+    for name in ("cosine", "wccn+asnorm"):
+        be = train_backend(x[train], names[train], CalibrationConfig(backend=name, asnorm_top=20))
+        s = be.score(x[test], x[test])
+        iu = np.triu_indices(test.sum(), 1)
+        same = (names[test][:, None] == names[test][None, :])[iu]
+        far, frr = error_rates(s[iu][same], s[iu][~same], [np.median(s[iu][same])])
+        if name == "cosine":
+            cos_far = far[0]
+        else:
+            assert far[0] < cos_far  # fewer false accepts at the same genuine acceptance
+
+
+def test_scorer_ranks_by_backend_and_keeps_raw_neighbour_evidence():
+    x, names = _speakers(seed=4)
+    inp = CalibrationInput(x, names, np.zeros((0, x.shape[1])), np.zeros(0, dtype=str))
+    cal = calibrate_input(inp, CalibrationConfig(backend="wccn+asnorm", asnorm_top=10))
+    spk = sorted(set(names))
+    pos = {n: i for i, n in enumerate(spk)}
+    cent = np.zeros((len(spk), x.shape[1]))
+    np.add.at(cent, [pos[n] for n in names], x)
+    idx = SpeakerIndex(spk, l2_normalise(cent), np.arange(len(x)), np.array([pos[n] for n in names]),
+                       np.zeros(len(x), np.int8), x.astype(np.float32), "id", 1, None, use_gpu=False)
+    th = Thresholds(cal.thresholds["accept"], "test", None, cal.backend.name)
+    scorer = SpeakerScorer(idx, th, cal.backend)
+    assert scorer.name == "wccn+asnorm"
+    q = x[[0, 25, 77]]
+    res = scorer.search(q, k=4, neighbors=8)
+    raw = idx.search(q, k=4, neighbors=8)
+    full = scorer.score_all(q)
+    for r, rr, row in zip(res, raw, full):
+        assert [s.score for s in r.speakers] == sorted(row, reverse=True)[:4]
+        assert r.neighbors == rr.neighbors
+        for s in r.speakers:
+            nb = [n.score for n in rr.neighbors if n.speaker == s.speaker and n.kind == "genuine"]
+            assert s.best_genuine == (nb[0] if nb else None)
+    assert scorer.speaker_score(q[1], "s02") == pytest.approx(full[1, pos["s02"]])
+    assert scorer.speaker_score(q[1], "nobody") is None
+    assert backend_from_calibration(cal.blob()).to_bytes() == cal.backend.to_bytes()
+    assert SpeakerScorer(idx, th, None).search(q, k=4, neighbors=8) == raw
+
+
+def test_training_needs_enough_speakers():
+    x, names = _speakers(n_spk=1)
+    with pytest.raises(CalibrationError, match="at least 2 speakers"):
+        train_backend(x, names, CalibrationConfig(backend="lda"))
+    with pytest.raises(CalibrationError, match="unknown scoring backend"):
+        CalibrationConfig(backend="nope").check()

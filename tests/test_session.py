@@ -1,0 +1,214 @@
+"""The sans-I/O engine (Session, decisions, batcher.process) without sockets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import speech_like
+from daemon_support import build_store, held_out
+
+from voxguard.audio import load_audio, resample
+from voxguard.daemon.batcher import Batcher
+from voxguard.daemon.decisions import CloneTracker, IdentityTracker, VerificationTracker, verdict
+from voxguard.daemon.session import EngineInfo, Session, SessionLimits
+from voxguard.daemon.snapshot import load_snapshot
+from voxguard.protocol import ProtocolError
+from voxguard.windows import speech_windows
+
+ENGINE = EngineInfo(embedder={"name": "resemblyzer", "dim": 256, "version": "x", "device": "cpu"},
+                    index={"enrolled_speakers": 1, "samples": 1, "revision": 1, "store_id": "s"},
+                    thresholds={"accept": 0.7, "source": "default"}, speakers=frozenset({"alice"}))
+
+
+def start(session: Session, **over) -> list[dict]:
+    msg = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1, "stream_id": "s1", **over}
+    return session.receive_text(json.dumps(msg)).events
+
+
+def pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def with_silence(x: np.ndarray, sr: int = 16000, lead: float = 0.6, trail: float = 1.0) -> np.ndarray:
+    return np.concatenate([np.zeros(int(lead * sr), np.float32), x, np.zeros(int(trail * sr), np.float32)])
+
+
+def feed(session: Session, data: bytes, sizes, frame_bytes: int = 2):
+    """Feed ``data`` in chunks (sizes cycle, rounded to whole frames); returns (events, jobs)."""
+    events, jobs = [], []
+    i, k = 0, 0
+    while i < len(data):
+        n = max(frame_bytes, sizes[k % len(sizes)] // frame_bytes * frame_bytes)
+        out = session.receive_audio(data[i:i + n])
+        events += out.events
+        jobs += out.jobs
+        i += n
+        k += 1
+    out = session.receive_text('{"type": "stop"}')
+    return events + out.events, jobs + out.jobs
+
+
+# -- protocol errors --------------------------------------------------------------------------
+@pytest.mark.parametrize("action, code", [
+    (lambda s: s.receive_audio(b"\0\0"), "not_started"),
+    (lambda s: s.receive_text('{"type": "stop"}'), "not_started"),
+    (lambda s: s.receive_text("not json"), "invalid_json"),
+    (lambda s: s.receive_text('{"type": "hello"}'), "unknown_type"),
+    (lambda s: start(s, sample_rate=96000), "unsupported_format"),
+    (lambda s: start(s, encoding="mp3"), "unsupported_format"),
+    (lambda s: start(s, channels=6), "unsupported_format"),
+    (lambda s: start(s, claimed_speaker="bob"), "unknown_speaker"),
+    (lambda s: start(s, options={"window": 99}), "invalid_message"),
+])
+def test_session_errors_before_start(action, code):
+    with pytest.raises(ProtocolError) as e:
+        action(Session(ENGINE))
+    assert e.value.code == code
+
+
+def test_session_errors_after_start():
+    s = Session(ENGINE, SessionLimits(max_frame_bytes=4096, max_duration=1.0))
+    assert start(s)[0]["type"] == "ready"
+    for action, code in [(lambda: start(s), "already_started"),
+                         (lambda: s.receive_audio(b"\0\0\0"), "partial_frame"),
+                         (lambda: s.receive_audio(b"\0" * 4098), "frame_too_large")]:
+        with pytest.raises(ProtocolError) as e:
+            action()
+        assert e.value.code == code
+    s.receive_audio(b"\0" * 4000)  # 0.125 s
+    with pytest.raises(ProtocolError) as e:
+        for _ in range(10):
+            s.receive_audio(b"\0" * 4000)
+    assert e.value.code == "duration_limit" and e.value.close_code == 4413
+    f = Session(ENGINE)
+    start(f, encoding="pcm_f32le", channels=2)
+    with pytest.raises(ProtocolError) as e:
+        f.receive_audio(np.array([0.1, np.nan], "<f4").tobytes())
+    assert e.value.code == "non_finite_audio"
+    with pytest.raises(ProtocolError) as e:
+        f.receive_audio(np.zeros(3, "<f4").tobytes())  # 1.5 stereo frames
+    assert e.value.code == "partial_frame"
+
+
+# -- audio path ---------------------------------------------------------------------------------
+def test_events_and_windows_match_offline_segmentation():
+    x = with_silence(speech_like(4.0, seed=3))
+    s = Session(ENGINE)
+    ready = start(s)
+    events, jobs = feed(s, pcm16(x), [300, 4410, 17, 32000, 960])
+    types = [e["type"] for e in ready + events]
+    assert types == ["ready", "speech_start", "speech_end"]
+    assert [e["seq"] for e in ready + events] == [0, 1, 2]
+    offline = speech_windows(np.frombuffer(pcm16(x), "<i2").astype(np.float32) / 32768.0)
+    assert len(jobs) == len(offline) >= 5
+    for j, w in zip(jobs, offline):
+        assert j.start == pytest.approx(w.start) and j.end == pytest.approx(w.end)
+        np.testing.assert_allclose(j.samples, w.samples, atol=1e-6)
+    starts = [j.start for j in jobs]
+    assert all(b - a == pytest.approx(0.5, abs=0.02) for a, b in zip(starts, starts[1:-1]))
+    assert events[0]["time"] == pytest.approx(0.6, abs=0.2)  # speech begins after 0.6 s of silence
+    assert events[1]["time"] == pytest.approx(4.6, abs=0.4)
+    assert s.time == pytest.approx(len(x) / 16000)
+
+
+@pytest.mark.parametrize("rate, channels, encoding", [(8000, 2, "pcm_s16le"), (48000, 1, "pcm_f32le"),
+                                                      (44100, 2, "pcm_f32le")])
+def test_resampled_inputs(rate, channels, encoding):
+    ref = with_silence(speech_like(4.0, seed=5))
+    x = resample(ref, 16000, rate)
+    frames = np.repeat(x[:, None], channels, axis=1)
+    data = pcm16(frames) if encoding == "pcm_s16le" else frames.astype("<f4").tobytes()
+    fb = channels * (2 if encoding == "pcm_s16le" else 4)
+    s = Session(ENGINE)
+    start(s, sample_rate=rate, channels=channels, encoding=encoding)
+    events, jobs = feed(s, data, [rate // 10 * fb + fb, 777 * fb], frame_bytes=fb)
+    assert [e["type"] for e in events] == ["speech_start", "speech_end"]
+    s16 = Session(ENGINE)
+    start(s16)
+    _, jobs16 = feed(s16, pcm16(ref), [3200])
+    assert abs(len(jobs) - len(jobs16)) <= 1
+    assert jobs[0].start == pytest.approx(jobs16[0].start, abs=0.07)
+    assert s.time == pytest.approx(len(x) / rate)
+    # the streaming resampler matches a one-shot resample of the whole input
+    n = min(len(jobs[0].samples), len(jobs16[0].samples))
+    corr = np.corrcoef(jobs[0].samples[:n], jobs16[0].samples[:n])[0, 1]
+    assert corr > 0.9 or len(jobs) != len(jobs16)
+
+
+def test_overload_policy_drops_oldest_waiting_windows():
+    s = Session(ENGINE, SessionLimits(max_pending=2))
+    start(s)
+    events, jobs = feed(s, pcm16(with_silence(speech_like(6.0, seed=1))), [16000])
+    warnings = [e for e in events if e["type"] == "warning"]
+    assert len(jobs) >= 8
+    assert s.dropped == len(jobs) - 2 and len(s.pending) == 2
+    assert [j for j in jobs if not j.cancelled] == list(s.pending) == jobs[-2:]
+    assert warnings and warnings[0]["code"] == "overload" and warnings[-1]["dropped_windows"] <= s.dropped
+
+
+def test_decision_trackers():
+    t = IdentityTracker(0.7, enter=2, exit=3)
+    seq = [("a", .8), ("a", .8), ("b", .9), ("a", .8), ("b", .9), ("b", .9), ("b", .9), (None, None),
+           ("a", .5), ("a", .6), ("a", .65)]
+    got = [t.update(s, sc).speaker for s, sc in seq]
+    assert got == [None, "a", "a", "a", "a", "a", "b", "b", "b", None, None]
+    assert t.changes == 3
+    assert [verdict(x, 0.7, 0.02) for x in (0.73, 0.71, 0.69, 0.67, None)] == \
+        ["accept", "undecided", "undecided", "reject", "undecided"]
+    v = VerificationTracker("a", 0.7, band=0.02, min_windows=3)
+    assert v.update(0.9) == ("accept", "undecided")
+    assert v.update(0.5) == ("reject", "undecided")
+    assert v.update(None) == ("undecided", "undecided")
+    assert v.update(0.9) == ("accept", "accept")  # mean 0.767 after 3 scored windows
+    assert v.session_score == pytest.approx(2.3 / 3)
+    assert v.summary()["windows_accepted"] == 2
+    c = CloneTracker()
+    assert [c.update(s, lv) for s, lv in [(0.1, "none"), (0.6, "medium"), (0.3, "low"), (0.0, "none"),
+                                          (0.0, "none")]] == [False, True, True, True, False]
+    assert c.as_dict() == {"max_score": 0.6, "max_level": "medium", "suspicious_windows": 2}
+
+
+# -- real scoring --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory, embedder, an4_speakers):
+    path = tmp_path_factory.mktemp("store") / "vg.db"
+    return path, build_store(path, embedder, an4_speakers)
+
+
+@pytest.mark.an4
+def test_engine_identifies_and_verifies_an_enrolled_speaker(small_store, embedder, an4_speakers):
+    path, names = small_store
+    snap = load_snapshot(path, embedder.identity)
+    engine = EngineInfo(embedder=embedder.identity.as_dict(), index=snap.info(),
+                        thresholds={"accept": snap.thresholds.accept, "source": snap.thresholds.source},
+                        speakers=snap.speakers)
+    target = names[1]
+    audio = np.concatenate([load_audio(p).samples for p in held_out(an4_speakers, target)[:3]])
+    batcher = Batcher(embedder, snap, deliver=lambda r: None)
+    s = Session(engine)
+    ready = start(s, claimed_speaker=target, stream_id="an4")
+    assert ready[0]["index"]["enrolled_speakers"] == len(names)
+    events, jobs = feed(s, pcm16(audio), [3200])
+    results = batcher.process(jobs[: len(jobs) // 2]) + batcher.process(jobs[len(jobs) // 2:])
+    scored = [ev for r in results for ev in s.complete(r)]
+    ident = [e for e in scored if e["type"] == "identity"]
+    verif = [e for e in scored if e["type"] == "verification"]
+    assert len(ident) == len(verif) == len(jobs) >= 6
+    assert sum(e["speaker"] == target for e in ident) >= 0.6 * len(ident)
+    assert ident[-1]["decision"]["speaker"] == target and ident[-1]["session"]["speaker"] == target
+    assert verif[-1]["session"]["decision"] == "accept"
+    summary = s.summary("stop")
+    assert summary["identity"]["speaker"] == target and summary["verification"]["decision"] == "accept"
+    assert summary["windows"] == {"emitted": len(jobs), "scored": len(jobs), "dropped": 0}
+    assert 0.3 < summary["speech_ratio"] <= 1.0
+    seqs = [e["seq"] for e in ready + events + scored + [summary]]
+    assert sorted(seqs) == list(range(len(seqs)))
+    # an impostor claim is rejected over the session
+    other = names[0]
+    s2 = Session(engine)
+    start(s2, claimed_speaker=other)
+    _, jobs2 = feed(s2, pcm16(audio), [8000])
+    verif2 = [e for r in batcher.process(jobs2) for e in s2.complete(r) if e["type"] == "verification"]
+    assert verif2[-1]["session"]["decision"] == "reject"

@@ -1,0 +1,218 @@
+"""voxguard.store: the SQLite speaker store (real SQLite files in tmp dirs)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import numpy as np
+import pytest
+
+from voxguard.embedders.base import EmbedderIdentity, l2_normalise
+from voxguard.errors import EmbedderMismatch, StoreError, UnknownSpeaker
+from voxguard.store import SCHEMA_VERSION, NewSample, SpeakerStore
+
+IDENT = EmbedderIdentity("resemblyzer", 8, "test-1")
+OTHER = EmbedderIdentity("titanet", 8, "nemo-weights:abc")
+rng = np.random.default_rng(0)
+
+
+def sample(tag: str, audio: bool = False, dim: int = 8) -> NewSample:
+    return NewSample(sha256=hashlib.sha256(tag.encode()).hexdigest(),
+                     embedding=l2_normalise(rng.standard_normal(dim)), duration=1.25, source_path=f"/data/{tag}.wav",
+                     provenance={"tag": tag},
+                     audio=(0.1 * np.sin(np.arange(8000) / 10)).astype(np.float32) if audio else None)
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def store(tmp_path):
+    with SpeakerStore(tmp_path / "s.db") as s:
+        yield s
+
+
+def test_new_store(tmp_path):
+    path = tmp_path / "sub" / "s.db"
+    with SpeakerStore(path) as s:
+        assert path.exists() and s.embedder is None and s.speakers() == []
+        rev, sid = s.revision, s.store_id
+        assert len(sid) == 32
+        st = s.stats()
+        assert st["speakers"] == 0 and st["genuine_samples"] == 0 and st["embedder"] is None
+    with SpeakerStore(path) as s:  # reopening keeps identity and revision
+        assert (s.revision, s.store_id) == (rev, sid)
+
+
+def test_add_list_show(store):
+    r0 = store.revision
+    assert store.add_samples("alice", "genuine", [sample("a1"), sample("a2")], IDENT) == 2
+    assert store.add_samples("alice", "clone", [sample("a-fake", audio=True)], IDENT) == 1
+    assert store.add_samples("bob", "genuine", [sample("b1")], IDENT) == 1
+    assert store.revision == r0 + 3
+    assert store.embedder == IDENT
+    assert [(s.name, s.genuine, s.clones) for s in store.speakers()] == [("alice", 2, 1), ("bob", 1, 0)]
+    assert store.speaker("alice").duration == pytest.approx(3.75)
+    infos = store.samples("alice")
+    assert [i.kind for i in infos] == ["genuine", "genuine", "clone"]
+    assert infos[2].provenance == {"tag": "a-fake"} and infos[2].source_path == "/data/a-fake.wav"
+    assert store.samples(kind="clone")[0].speaker == "alice"
+    assert store.known_hashes("alice", "genuine") == {sample("a1").sha256, sample("a2").sha256}
+    st = store.stats()
+    assert (st["speakers"], st["genuine_samples"], st["clone_samples"]) == (2, 3, 1)
+    table = store.embeddings()
+    assert table.vectors.shape == (4, 8) and table.vectors.dtype == np.float32
+    assert table.speakers == ["alice", "alice", "alice", "bob"] and table.kinds.count("clone") == 1
+    assert len(store.embeddings("genuine").ids) == 3
+
+
+def test_embedding_and_audio_round_trip(store):
+    s = sample("x", audio=True)
+    store.add_samples("x", "genuine", [s], IDENT)
+    table = store.embeddings()
+    np.testing.assert_array_equal(table.vectors[0], s.embedding)
+    back = store.sample_audio(int(table.ids[0]))
+    np.testing.assert_allclose(back, s.audio, atol=1 / 32000)  # stored as 16-bit FLAC
+    assert store.add_samples("y", "genuine", [sample("y")], IDENT) == 1
+    assert store.sample_audio(int(store.embeddings().ids[1])) is None
+    with pytest.raises(StoreError):
+        store.sample_audio(999)
+
+
+def test_re_adding_is_a_no_op(store):
+    store.add_samples("alice", "genuine", [sample("a1")], IDENT)
+    rev = store.revision
+    assert store.add_samples("alice", "genuine", [sample("a1")], IDENT) == 0
+    assert store.revision == rev  # nothing changed, nothing to rebuild
+    assert store.speaker("alice").genuine == 1
+    # the same audio as a clone of alice, or as another speaker's sample, is a different sample
+    assert store.add_samples("alice", "clone", [sample("a1")], IDENT) == 1
+    assert store.add_samples("bob", "genuine", [sample("a1")], IDENT) == 1
+
+
+def test_other_embedder_is_refused(store):
+    store.add_samples("alice", "genuine", [sample("a1")], IDENT)
+    rev = store.revision
+    for other in (OTHER, EmbedderIdentity("resemblyzer", 8, "test-2"), EmbedderIdentity("resemblyzer", 16, "test-1")):
+        with pytest.raises(EmbedderMismatch, match="holds embeddings from resemblyzer"):
+            store.add_samples("alice", "genuine", [sample("a2", dim=other.dim)], other)
+    assert store.revision == rev and store.speaker("alice").genuine == 1
+    store.check_embedder(IDENT)
+
+
+def test_invalid_samples_write_nothing(store):
+    bad_dim = sample("bad", dim=4)
+    nan = sample("nan")
+    nan.embedding[0] = np.nan
+    for bad in (bad_dim, nan):
+        with pytest.raises(StoreError, match="finite 8-d vector"):
+            store.add_samples("alice", "genuine", [sample("ok"), bad], IDENT)
+    for name in ("", "   ", "x" * 201):
+        with pytest.raises(StoreError, match="speaker name"):
+            store.add_samples(name, "genuine", [sample("ok")], IDENT)
+    with pytest.raises(ValueError):
+        store.add_samples("alice", "fake", [sample("ok")], IDENT)
+    assert store.speakers() == [] and store.embedder is None
+
+
+def test_transaction_rolls_back_on_error(store):
+    store.add_samples("alice", "genuine", [sample("a1")], IDENT)
+    rev = store.revision
+    with pytest.raises(RuntimeError):
+        with store.transaction() as db:
+            db.execute("INSERT INTO speakers (name, created_at) VALUES ('ghost', 0)")
+            db.execute("DELETE FROM samples")
+            raise RuntimeError("crash in the middle of a write")
+    assert [s.name for s in store.speakers()] == ["alice"]
+    assert store.speaker("alice").genuine == 1 and store.revision == rev
+
+
+def test_concurrent_reader_sees_old_or_new_state(tmp_path):
+    path = tmp_path / "s.db"
+    with SpeakerStore(path) as writer:
+        writer.add_samples("alice", "genuine", [sample("a1")], IDENT)
+        with SpeakerStore(path, readonly=True) as reader:
+            with writer.transaction() as db:
+                db.execute("INSERT INTO speakers (name, created_at) VALUES ('bob', 0)")
+                assert [s.name for s in reader.speakers()] == ["alice"]  # uncommitted: old state
+            assert [s.name for s in reader.speakers()] == ["alice", "bob"]
+
+
+def test_remove_speaker(store):
+    store.add_samples("alice", "genuine", [sample("a1"), sample("a2")], IDENT)
+    store.add_samples("alice", "clone", [sample("af")], IDENT)
+    store.add_samples("bob", "genuine", [sample("b1")], IDENT)
+    rev = store.revision
+    assert store.remove_speaker("alice") == 3
+    assert store.revision == rev + 1
+    assert [s.name for s in store.speakers()] == ["bob"]
+    assert len(store.embeddings().ids) == 1
+    with pytest.raises(UnknownSpeaker, match="'alice'"):
+        store.remove_speaker("alice")
+    with pytest.raises(UnknownSpeaker):
+        store.speaker("carol")
+    with pytest.raises(UnknownSpeaker):
+        store.samples("carol")
+    assert store.revision == rev + 1
+
+
+def test_readonly(tmp_path):
+    path = tmp_path / "s.db"
+    with pytest.raises(StoreError, match="no store at"):
+        SpeakerStore(path, readonly=True)
+    with pytest.raises(StoreError, match="no store at"):
+        SpeakerStore(path, create=False)
+    assert not path.exists()
+    with SpeakerStore(path) as s:
+        s.add_samples("alice", "genuine", [sample("a1")], IDENT)
+    before = sha(path)
+    with SpeakerStore(path, readonly=True) as ro:
+        assert ro.speaker("alice").genuine == 1 and ro.embedder == IDENT
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            ro.add_samples("bob", "genuine", [sample("b1")], IDENT)
+    assert sha(path) == before
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_not_a_store(tmp_path, readonly):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(np.random.default_rng(1).bytes(8192))
+    before = sha(junk)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        SpeakerStore(junk, readonly=readonly)
+    assert sha(junk) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.db"]  # no -wal / -shm left behind
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (t TEXT)")
+    before = sha(other)
+    with pytest.raises(StoreError, match="not a voxguard store .*notes"):
+        SpeakerStore(other, readonly=readonly)
+    assert sha(other) == before
+
+    with pytest.raises(StoreError, match="is a directory"):
+        SpeakerStore(tmp_path, readonly=readonly)
+
+
+def test_other_schema_version_is_refused(tmp_path):
+    path = tmp_path / "s.db"
+    SpeakerStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=f"version 99.*version {SCHEMA_VERSION}"):
+        SpeakerStore(path)
+
+
+def test_calibrations(store):
+    with pytest.raises(StoreError, match="empty"):
+        store.save_calibration({"x": 1})
+    assert store.latest_calibration() is None
+    store.add_samples("alice", "genuine", [sample("a1")], IDENT)
+    first = store.save_calibration({"thresholds": {"accept": 0.5}})
+    second = store.save_calibration({"thresholds": {"accept": 0.6}}, b"model-bytes")
+    assert second > first
+    cid, data, blob = store.latest_calibration()
+    assert (cid, data, blob) == (second, {"thresholds": {"accept": 0.6}}, b"model-bytes")

@@ -1,0 +1,337 @@
+"""The voxguard streaming protocol (version :data:`PROTOCOL_VERSION`): message types,
+validation, error codes and WebSocket close codes.
+
+Clients import only this module (plus :mod:`voxguard.audio` to decode files); the
+daemon uses it to parse what clients send and to build what it sends back.  The
+normative description, with a JSON schema and an example for every message, is
+``docs/protocol.md``; :data:`SCHEMAS` holds the same schemas.
+
+A stream: the client opens ``/v1/stream``, sends a ``start`` text message, then binary
+frames of interleaved little-endian PCM, then ``{"type": "stop"}``.  Every server
+message is a JSON text message with ``type``, ``stream_id``, ``seq`` (0, 1, 2, ... per
+stream) and ``time`` (stream time in seconds: input samples received so far, or the
+end of the window the event is about).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+STREAM_PATH = "/v1/stream"
+
+ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # encoding -> bytes per sample
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+CHANNELS = (1, 2)
+MAX_STREAM_ID = 128
+MAX_SPEAKER_NAME = 200
+
+# -- client -> server ---------------------------------------------------------------------
+CLIENT_TYPES = ("start", "stop")
+# -- server -> client ---------------------------------------------------------------------
+EVENT_TYPES = ("ready", "speech_start", "speech_end", "identity", "verification", "clone_suspicion",
+               "warning", "summary", "error")
+DECISIONS = ("accept", "reject", "undecided")
+CLONE_LEVELS = ("none", "low", "medium", "high")
+
+
+class CloseCode:
+    """WebSocket close codes the server uses (RFC 6455 section 7.4; 4000-4999 are ours)."""
+
+    NORMAL = 1000  # after ``stop``: summary sent
+    GOING_AWAY = 1001  # server shutdown: summary sent
+    POLICY = 1008  # slow consumer (when a close frame can still be sent)
+    TOO_BIG = 1009  # frame larger than the server's limit
+    INTERNAL = 1011  # server bug
+    TRY_AGAIN = 1013  # too many concurrent streams
+    BAD_REQUEST = 4400  # protocol misuse (see ERRORS)
+    NOT_FOUND = 4404  # claimed speaker not enrolled
+    IDLE = 4408  # nothing received for the idle timeout
+    TOO_LONG = 4413  # stream longer than the maximum duration
+    UNSUPPORTED = 4415  # unsupported sample rate, encoding or channel count
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    close_code: int
+    description: str
+
+
+ERRORS: dict[str, ErrorSpec] = {
+    "invalid_json": ErrorSpec(CloseCode.BAD_REQUEST, "a text message is not a JSON object"),
+    "unknown_type": ErrorSpec(CloseCode.BAD_REQUEST, "a JSON message has a missing or unknown 'type'"),
+    "invalid_message": ErrorSpec(CloseCode.BAD_REQUEST, "a field of a message is missing, unknown or invalid"),
+    "not_started": ErrorSpec(CloseCode.BAD_REQUEST, "audio or 'stop' before 'start'"),
+    "already_started": ErrorSpec(CloseCode.BAD_REQUEST, "a second 'start' on the same connection"),
+    "partial_frame": ErrorSpec(CloseCode.BAD_REQUEST,
+                               "a binary message is not a whole number of sample frames"),
+    "non_finite_audio": ErrorSpec(CloseCode.BAD_REQUEST, "pcm_f32le audio holds NaN or infinite samples"),
+    "unsupported_format": ErrorSpec(CloseCode.UNSUPPORTED, "sample rate, encoding or channel count not supported"),
+    "frame_too_large": ErrorSpec(CloseCode.TOO_BIG, "a binary message exceeds the server's frame limit"),
+    "unknown_speaker": ErrorSpec(CloseCode.NOT_FOUND, "the claimed speaker is not enrolled"),
+    "idle_timeout": ErrorSpec(CloseCode.IDLE, "no message received within the idle timeout"),
+    "duration_limit": ErrorSpec(CloseCode.TOO_LONG, "the stream exceeded the maximum duration"),
+    "server_busy": ErrorSpec(CloseCode.TRY_AGAIN, "the server already serves its maximum number of streams"),
+    "slow_consumer": ErrorSpec(CloseCode.POLICY,
+                               "the client does not read its events (write timeout); usually the TCP "
+                               "connection is aborted and the client sees 1006"),
+    "internal_error": ErrorSpec(CloseCode.INTERNAL, "unexpected server error"),
+}
+
+WARNINGS = {
+    "overload": "windows were dropped because the stream's queue of windows waiting for the embedder was full",
+}
+
+
+class ProtocolError(Exception):
+    """A client broke the protocol; ``code`` is a key of :data:`ERRORS`."""
+
+    def __init__(self, code: str, message: str):
+        if code not in ERRORS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int:
+        return ERRORS[self.code].close_code
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Per-stream tuning, each within bounds (``start.options``)."""
+
+    window: float = 1.5  # analysis window, seconds of voiced audio
+    hop: float = 0.5  # seconds between window starts
+    vad_aggressiveness: int = 2  # webrtcvad mode 0..3
+    vad_frame_ms: int = 30  # 10, 20 or 30
+    top_k: int = 5  # speakers listed per identity event
+
+    BOUNDS = {"window": (0.5, 10.0), "hop": (0.1, 10.0), "vad_aggressiveness": (0, 3),
+              "vad_frame_ms": (10, 30), "top_k": (1, 20)}
+
+
+@dataclass(frozen=True)
+class Start:
+    sample_rate: int
+    encoding: str
+    channels: int
+    stream_id: str
+    claimed_speaker: str | None = None
+    options: StreamOptions = field(default_factory=StreamOptions)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per sample frame (one sample of every channel)."""
+        return ENCODINGS[self.encoding] * self.channels
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {"type": "start", "sample_rate": self.sample_rate, "encoding": self.encoding,
+                             "channels": self.channels, "stream_id": self.stream_id}
+        if self.claimed_speaker is not None:
+            d["claimed_speaker"] = self.claimed_speaker
+        opts = asdict(self.options)
+        defaults = asdict(StreamOptions())
+        changed = {k: v for k, v in opts.items() if v != defaults[k]}
+        if changed:
+            d["options"] = changed
+        return json.dumps(d)
+
+
+@dataclass(frozen=True)
+class Stop:
+    def to_json(self) -> str:
+        return json.dumps({"type": "stop"})
+
+
+ClientMessage = Start | Stop
+
+
+def _int(d: dict, key: str, lo: int, hi: int, code: str = "invalid_message") -> int:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError("invalid_message", f"'{key}' must be an integer")
+    if not lo <= v <= hi:
+        raise ProtocolError(code, f"'{key}' must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _number(d: dict, key: str, lo: float, hi: float) -> float:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ProtocolError("invalid_message", f"'{key}' must be a finite number")
+    if not lo <= v <= hi:
+        raise ProtocolError("invalid_message", f"'{key}' must be between {lo} and {hi}, got {v}")
+    return float(v)
+
+
+def _parse_options(raw: Any) -> StreamOptions:
+    if raw is None:
+        return StreamOptions()
+    if not isinstance(raw, dict):
+        raise ProtocolError("invalid_message", "'options' must be an object")
+    unknown = set(raw) - set(StreamOptions.BOUNDS)
+    if unknown:
+        raise ProtocolError("invalid_message", f"unknown option(s): {', '.join(sorted(unknown))}")
+    b = StreamOptions.BOUNDS
+    d = asdict(StreamOptions())
+    for key in ("window", "hop"):
+        if key in raw:
+            d[key] = _number(raw, key, *b[key])
+    for key in ("vad_aggressiveness", "top_k", "vad_frame_ms"):
+        if key in raw:
+            d[key] = _int(raw, key, *b[key])
+    if d["vad_frame_ms"] not in (10, 20, 30):
+        raise ProtocolError("invalid_message", "'vad_frame_ms' must be 10, 20 or 30")
+    if d["hop"] > d["window"]:
+        raise ProtocolError("invalid_message", "'hop' must not exceed 'window'")
+    return StreamOptions(**d)
+
+
+def _parse_start(d: dict) -> Start:
+    allowed = {"type", "sample_rate", "encoding", "channels", "stream_id", "claimed_speaker", "options"}
+    unknown = set(d) - allowed
+    if unknown:
+        raise ProtocolError("invalid_message", f"unknown field(s) in start: {', '.join(sorted(unknown))}")
+    for key in ("sample_rate", "encoding", "channels", "stream_id"):
+        if key not in d:
+            raise ProtocolError("invalid_message", f"start needs '{key}'")
+    rate = _int(d, "sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, code="unsupported_format")
+    enc = d["encoding"]
+    if enc not in ENCODINGS:
+        raise ProtocolError("unsupported_format",
+                            f"unsupported encoding {enc!r}; use one of: {', '.join(ENCODINGS)}")
+    channels = d["channels"]
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise ProtocolError("invalid_message", "'channels' must be an integer")
+    if channels not in CHANNELS:
+        raise ProtocolError("unsupported_format", f"unsupported channel count {channels}; use 1 or 2")
+    sid = d["stream_id"]
+    if not isinstance(sid, str) or not 1 <= len(sid) <= MAX_STREAM_ID or not sid.isprintable():
+        raise ProtocolError("invalid_message",
+                            f"'stream_id' must be a printable string of 1 to {MAX_STREAM_ID} characters")
+    claimed = d.get("claimed_speaker")
+    if claimed is not None and (not isinstance(claimed, str) or not 1 <= len(claimed) <= MAX_SPEAKER_NAME):
+        raise ProtocolError("invalid_message",
+                            f"'claimed_speaker' must be null or a string of 1 to {MAX_SPEAKER_NAME} characters")
+    return Start(rate, enc, channels, sid, claimed, _parse_options(d.get("options")))
+
+
+def parse_client_text(text: str) -> ClientMessage:
+    """Parse one client text message; raises :class:`ProtocolError`."""
+    try:
+        d = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ProtocolError("invalid_json", f"text message is not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ProtocolError("invalid_json", "a text message must be a JSON object")
+    kind = d.get("type")
+    if kind == "start":
+        return _parse_start(d)
+    if kind == "stop":
+        if set(d) != {"type"}:
+            raise ProtocolError("invalid_message", "stop takes no other field")
+        return Stop()
+    raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of: {', '.join(CLIENT_TYPES)}")
+
+
+def parse_event(text: str) -> dict:
+    """Decode one server event (clients); raises ``ValueError`` on a malformed one."""
+    d = json.loads(text)
+    if not isinstance(d, dict) or d.get("type") not in EVENT_TYPES:
+        raise ValueError(f"not a voxguard event: {text[:200]!r}")
+    return d
+
+
+# -- JSON schemas (draft 2020-12), the same as in docs/protocol.md ------------------------------
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_STR_OR_NULL = {"type": ["string", "null"]}
+_SPEAKER_SCORE = {"type": "object", "required": ["speaker", "score"],
+                  "properties": {"speaker": {"type": "string"}, "score": _NUM}}
+
+
+def _event(type_: str, props: dict, required: list[str]) -> dict:
+    base = {"type": {"const": type_}, "stream_id": {"type": "string"},
+            "seq": {"type": "integer", "minimum": 0}, "time": {"type": "number", "minimum": 0}}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": type_, "type": "object",
+            "required": ["type", "stream_id", "seq", "time", *required], "properties": {**base, **props}}
+
+
+_DECISION = {"enum": list(DECISIONS)}
+_VERIF = {"type": "object", "required": ["score", "decision"],
+          "properties": {"score": _NUM_OR_NULL, "decision": _DECISION}}
+
+SCHEMAS: dict[str, dict] = {
+    "start": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "start", "type": "object",
+        "required": ["type", "sample_rate", "encoding", "channels", "stream_id"], "additionalProperties": False,
+        "properties": {
+            "type": {"const": "start"},
+            "sample_rate": {"type": "integer", "minimum": MIN_SAMPLE_RATE, "maximum": MAX_SAMPLE_RATE},
+            "encoding": {"enum": list(ENCODINGS)},
+            "channels": {"enum": list(CHANNELS)},
+            "stream_id": {"type": "string", "minLength": 1, "maxLength": MAX_STREAM_ID},
+            "claimed_speaker": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_SPEAKER_NAME},
+            "options": {"type": "object", "additionalProperties": False, "properties": {
+                "window": {"type": "number", "minimum": 0.5, "maximum": 10},
+                "hop": {"type": "number", "minimum": 0.1, "maximum": 10},
+                "vad_aggressiveness": {"type": "integer", "minimum": 0, "maximum": 3},
+                "vad_frame_ms": {"enum": [10, 20, 30]},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 20}}}}},
+    "stop": {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "stop", "type": "object",
+             "required": ["type"], "additionalProperties": False, "properties": {"type": {"const": "stop"}}},
+    "ready": _event("ready", {
+        "protocol_version": {"const": PROTOCOL_VERSION},
+        "embedder": {"type": "object", "required": ["name", "dim", "version", "device"]},
+        "index": {"type": "object", "required": ["enrolled_speakers", "samples", "revision", "store_id"]},
+        "thresholds": {"type": "object", "required": ["accept", "source", "undecided_band"]},
+        "decision": {"type": "object", "required": ["enter_windows", "exit_windows"]},
+        "input": {"type": "object", "required": ["sample_rate", "encoding", "channels"]},
+        "options": {"type": "object"},
+        "claimed_speaker": _STR_OR_NULL}, ["protocol_version", "embedder", "index", "thresholds", "options"]),
+    "speech_start": _event("speech_start", {}, []),
+    "speech_end": _event("speech_end", {"duration": _NUM}, ["duration"]),
+    "identity": _event("identity", {
+        "window": {"type": "object", "required": ["index", "start", "end"]},
+        "speaker": _STR_OR_NULL, "score": _NUM_OR_NULL, "margin": _NUM_OR_NULL,
+        "top": {"type": "array", "items": _SPEAKER_SCORE},
+        "decision": {"type": "object", "required": ["speaker", "changed", "windows"],
+                     "properties": {"speaker": _STR_OR_NULL, "changed": {"type": "boolean"},
+                                    "windows": {"type": "integer"}, "candidate": _STR_OR_NULL}},
+        "session": {"type": "object", "required": ["speaker", "score", "top", "windows"],
+                    "properties": {"speaker": _STR_OR_NULL, "score": _NUM_OR_NULL,
+                                   "top": {"type": "array", "items": _SPEAKER_SCORE},
+                                   "windows": {"type": "integer"}}}},
+        ["window", "speaker", "score", "margin", "top", "decision", "session"]),
+    "verification": _event("verification", {
+        "claimed_speaker": {"type": "string"}, "threshold": _NUM,
+        "window": {"type": "object", "required": ["index", "start", "end", "score", "decision"],
+                   "properties": {"score": _NUM_OR_NULL, "decision": _DECISION}},
+        "session": {"type": "object", "required": ["score", "decision", "windows"], "properties": {
+            "score": _NUM_OR_NULL, "decision": _DECISION, "windows": {"type": "integer"}}}},
+        ["claimed_speaker", "threshold", "window", "session"]),
+    "clone_suspicion": _event("clone_suspicion", {
+        "window": {"type": "object", "required": ["index", "start", "end"]},
+        "speaker": _STR_OR_NULL, "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "level": {"enum": list(CLONE_LEVELS)}, "evidence": {"type": "object"},
+        "session": {"type": "object", "required": ["max_score", "max_level", "suspicious_windows"]}},
+        ["window", "speaker", "score", "level", "evidence", "session"]),
+    "warning": _event("warning", {"code": {"enum": list(WARNINGS)}, "message": {"type": "string"},
+                                  "dropped_windows": {"type": "integer"}}, ["code", "message"]),
+    "summary": _event("summary", {
+        "reason": {"enum": ["stop", "shutdown"]},
+        "duration": _NUM, "speech_duration": _NUM, "speech_ratio": _NUM,
+        "windows": {"type": "object", "required": ["emitted", "scored", "dropped"]},
+        "identity": {"type": "object", "required": ["speaker", "score", "top", "decision"]},
+        "verification": {"type": ["object", "null"]},
+        "clone": {"type": "object", "required": ["max_score", "max_level", "suspicious_windows"]}},
+        ["reason", "duration", "speech_duration", "speech_ratio", "windows", "identity", "verification", "clone"]),
+    "error": _event("error", {"code": {"enum": list(ERRORS)}, "message": {"type": "string"},
+                              "close_code": {"type": "integer"}}, ["code", "message", "close_code"]),
+}
