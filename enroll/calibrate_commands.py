@@ -47,6 +47,8 @@ def register(sub, common) -> None:
                    help="operating threshold: at the target FAR (default) or at the equal-error point")
     p.add_argument("--out", metavar="DIR", help="write figures (PNG + SVG) into DIR")
     p.add_argument("--tsne-speakers", type=int, default=11, metavar="N", help="speakers in the t-SNE map (default 11)")
+    p.add_argument("--no-clone-detector", action="store_true",
+                   help="skip training the clone countermeasure and fusion (a minute or more on stores with clones); clone scores then use the known-clone margin and the clone band")
     p.add_argument("--dry-run", action="store_true", help="compute and report, but save nothing in the store")
     p.set_defaults(func=cmd_calibrate)
 
@@ -77,7 +79,7 @@ def cmd_calibrate(ctx) -> int:
         out = check_output_dir(a.out)  # fail before any work if figures cannot be written
     with ctx.open_store(readonly=a.dry_run) as store:
         result = calibrate(store, cfg)
-        if not a.dry_run and result.data["clone_samples"]:
+        if not a.dry_run and not a.no_clone_detector and result.data["clone_samples"]:
             # Clone detector (countermeasure + fusion, voxguard.enroll.clone_training): one more
             # part of the same record, trained when the store holds known clones.
             from .clone_training import add_clone_detector

@@ -165,6 +165,23 @@ def test_calibrate_with_clones_sets_a_clone_band_and_writes_figures(clone_store_
     assert sorted(data["figures"]) == ["det", "distributions", "distributions_cosine", "tsne", "tsne_speakers"]
     assert len(data["figures"]["tsne_speakers"]) == 5
     assert not list(out.glob(".*"))  # no temporary files left behind
+    # the clone detector (countermeasure + fusion) is trained into the same record
+    from voxguard.clone_detection import DETECTOR_KEY, CloneDetector
+    from voxguard.scoring import thresholds_for
+
+    assert DETECTOR_KEY in data, data.get("clone_detector_skipped")
+    with SpeakerStore(clone_store_path, readonly=True) as store:
+        assert CloneDetector.for_store(store, thresholds_for(store)).trained is not None
+
+
+def test_no_clone_detector_keeps_the_clone_band(clone_store_path):
+    r = run_cli("calibrate", "--no-clone-detector", "--json", store=clone_store_path)
+    assert r.returncode == 0, r.stderr.decode()
+    with SpeakerStore(clone_store_path, readonly=True) as store:
+        _, data, _ = store.latest_calibration()
+    from voxguard.clone_detection import DETECTOR_KEY
+
+    assert DETECTOR_KEY not in data and data["thresholds"]["clone_upper"] is not None
 
 
 def test_tsne_legend_has_one_entry_per_speaker_plus_clones(an4_speakers, embedder):
