@@ -59,7 +59,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from voxguard.audio import float_to_pcm16
+from voxguard.audio import float_to_pcm16, int16_to_float
 from voxguard.errors import VoxguardError
 from voxguard.protocol import (ENCODINGS, MAX_STREAM_ID, ProtocolError, Start, StreamOptions,
                                parse_client_text)
@@ -147,7 +147,7 @@ def encode_block(block: Block, encoding: str, channels: int) -> bytes:
     if (channels == 1 and x.ndim != 1) or (channels > 1 and (x.ndim != 2 or x.shape[1] != channels)):
         raise ValueError(f"block of shape {x.shape} does not match {channels} channel(s)")
     if x.dtype == np.int16:
-        return x.astype("<i2").tobytes() if encoding == "pcm_s16le" else (x.astype("<f4") / 32768.0).tobytes()
+        return x.astype("<i2").tobytes() if encoding == "pcm_s16le" else int16_to_float(x).astype("<f4").tobytes()
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"audio blocks must be float or int16, not {x.dtype}")
     if not np.isfinite(x).all():

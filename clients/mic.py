@@ -17,6 +17,7 @@ import numpy as np
 import soxr
 
 from voxguard import SAMPLE_RATE
+from voxguard.audio import int16_to_float
 from voxguard.errors import VoxguardError
 from voxguard.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
@@ -101,7 +102,7 @@ class MicSource(QueueSource):
             self.status_errors += 1
         block = indata[:, 0].copy()
         if self._resampler is not None:
-            block = self._resampler.resample_chunk(block.astype(np.float32) / 32768.0)
+            block = self._resampler.resample_chunk(int16_to_float(block))
         self.put_threadsafe(block)
 
     async def __aiter__(self) -> AsyncIterator[np.ndarray]:

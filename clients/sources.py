@@ -25,7 +25,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 import numpy as np
 
 from voxguard import SAMPLE_RATE
-from voxguard.audio import downmix, load_audio, resample
+from voxguard.audio import downmix, int16_to_float, load_audio, resample
 from voxguard.protocol import CHANNELS, ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 Block = np.ndarray | bytes
@@ -85,9 +85,9 @@ class ArraySource:
         if x.ndim == 2 and x.shape[1] == 1:
             x = x[:, 0]
         if x.ndim == 2 and x.shape[1] not in CHANNELS:
-            x = downmix(x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x)
+            x = downmix(int16_to_float(x) if x.dtype == np.int16 else x)
         if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-            f = x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x
+            f = int16_to_float(x) if x.dtype == np.int16 else x
             x = resample(f, sample_rate)  # soxr takes [frames] or [frames, channels]
             sample_rate = SAMPLE_RATE
         if np.issubdtype(x.dtype, np.floating):

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -25,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from daemon_support import build_store, held_out
+from daemon_support import DaemonProcess, build_store, free_port, held_out
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -47,12 +44,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (Debian package "
                                                                    "prometheus)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_json(url: str, timeout: float = 30) -> dict:
@@ -90,27 +81,15 @@ def store(tmp_path_factory, embedder, an4_speakers):
 
 
 @pytest.fixture(scope="module")
-def daemon_port(store, tmp_path_factory):
+def daemon_port(store):
     path, _ = store
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXGUARD_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-    log = open(tmp_path_factory.mktemp("prom_daemon") / "daemon.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voxguard.cli", "--store", str(path), "--device", "cpu", "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        log.seek(0)
-        pytest.fail(f"daemon did not start: {line}{log.read()}")
-    yield int(line.rsplit(":", 1)[1].split("/")[0])
-    proc.terminate()
+    process = DaemonProcess(path)
+    yield process.port
     try:
-        proc.wait(60)
+        process.terminate()
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.seek(0)
-    print(log.read()[-5000:])  # shown by pytest when a test failed
+        process.kill()
+    print(process.log_tail())  # shown by pytest when a test failed
 
 
 @pytest.fixture(scope="module")
@@ -292,9 +271,9 @@ def test_key_series(prometheus, load):
     assert prometheus.value(f"voxguard_index_speakers{sel}") == SPEAKERS
     windows = prometheus.value(f"voxguard_windows_embedded_total{sel}")
     assert windows >= STREAMS * 5  # > 1 window per second of speech on each stream
-    latency = prometheus.value(f'voxguard_event_latency_seconds_bucket{{job="voxguard", le="+Inf"}}')
+    latency = prometheus.value('voxguard_event_latency_seconds_bucket{job="voxguard", le="+Inf"}')
     assert latency >= STREAMS * 5
-    assert prometheus.value(f'voxguard_events_total{{job="voxguard", type="identity"}}') == latency
+    assert prometheus.value('voxguard_events_total{job="voxguard", type="identity"}') == latency
     audio = prometheus.value(f"voxguard_audio_seconds_total{sel}")
     assert STREAMS * (STREAM_SECONDS - 1) <= audio <= STREAMS * STREAM_SECONDS + 1
     p95 = prometheus.value('histogram_quantile(0.95, sum by (le) (voxguard_event_latency_seconds_bucket'

@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import queue
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -24,7 +21,7 @@ import jsonschema
 import numpy as np
 import pytest
 from conftest import speech_like
-from daemon_support import build_store, held_out
+from daemon_support import DaemonProcess, build_store, held_out
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -46,8 +43,10 @@ def store(tmp_path_factory, embedder, an4_speakers):
 
 
 class Daemon:
-    def __init__(self, proc: subprocess.Popen, port: int, notify: socket.socket):
-        self.proc, self.port = proc, port
+    """The daemon under test plus what it sends to its systemd notify socket."""
+
+    def __init__(self, process: DaemonProcess, notify: socket.socket):
+        self.process, self.proc, self.port = process, process.proc, process.port
         self.notes: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read_notify, args=(notify,), daemon=True).start()
 
@@ -91,29 +90,16 @@ def daemon(store, tmp_path_factory):
     sock_path = tmp_path_factory.mktemp("notify") / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(sock_path))
-    env = {**os.environ, "VOXGUARD_TOKENS": TOKEN, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
-    env.pop("VOXGUARD_STORE", None)
-    log = open(tmp_path_factory.mktemp("log") / "daemon.log", "w+")  # a pipe nobody reads would block it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voxguard.cli", "--store", str(path), "--device", "cpu", "serve", "--port", "0",
-         "--idle-timeout", "3", "--write-timeout", "2", "--max-frame-bytes", str(MAX_FRAME),
-         "--max-pending-windows", "4", "--max-streams", "12"],
-        stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        log.seek(0)
-        pytest.fail(f"daemon did not start: {line}{log.read()}")
-    d = Daemon(proc, int(line.rsplit(":", 1)[1].split("/")[0]), notify)
+    process = DaemonProcess(path, tokens=(TOKEN,), env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"},
+                            extra=("--idle-timeout", "3", "--write-timeout", "2", "--max-frame-bytes", str(MAX_FRAME),
+                                   "--max-pending-windows", "4", "--max-streams", "12"))
+    d = Daemon(process, notify)
     assert any("READY=1" in m for m in d.notifications("READY=1"))
     assert any("WATCHDOG=1" in m for m in d.notifications("WATCHDOG=1", timeout=5))
     yield d
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(30)
+    process.kill()
     notify.close()
-    log.seek(0)
-    print(log.read()[-5000:])  # shown by pytest when a test failed
+    print(process.log_tail())  # shown by pytest when a test failed
 
 
 @pytest.fixture(scope="module")

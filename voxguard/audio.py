@@ -125,7 +125,7 @@ def pcm_to_float(data: bytes, encoding: str, channels: int) -> np.ndarray:
     count is a whole number of sample frames.
     """
     if encoding == "pcm_s16le":
-        x = np.frombuffer(data, dtype="<i2").astype(np.float32) * (1.0 / 32768.0)
+        x = int16_to_float(np.frombuffer(data, dtype="<i2"))
     elif encoding == "pcm_f32le":
         x = np.frombuffer(data, dtype="<f4").astype(np.float32)
     else:
@@ -133,6 +133,16 @@ def pcm_to_float(data: bytes, encoding: str, channels: int) -> np.ndarray:
     return x.reshape(-1, channels)
 
 
+def int16_to_float(x: np.ndarray) -> np.ndarray:
+    """int16 samples -> float32 in [-1, 1) (scaled by 1/32768)."""
+    return x.astype(np.float32) * np.float32(1.0 / 32768.0)
+
+
+def float_to_int16(x: np.ndarray) -> np.ndarray:
+    """float samples in [-1, 1] -> little-endian int16 (clipped, scaled by 32767)."""
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2")
+
+
 def float_to_pcm16(x: np.ndarray) -> bytes:
     """float32 [-1, 1] -> int16 little-endian bytes (clipped)."""
-    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    return float_to_int16(x).tobytes()

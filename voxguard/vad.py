@@ -25,6 +25,7 @@ with warnings.catch_warnings():  # webrtcvad imports the deprecated pkg_resource
     import webrtcvad
 
 from . import SAMPLE_RATE
+from .audio import float_to_int16
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class VoiceActivityDetector:
         if n == 0:
             return []
         frames = samples[: n * self.frame_len].reshape(n, self.frame_len)
-        pcm = (np.clip(frames, -1.0, 1.0) * 32767.0).astype("<i2")
+        pcm = float_to_int16(frames)
         events: list[VadEvent] = []
         for i in range(n):
             idx = self._frames_done + i
