@@ -203,9 +203,12 @@ def enroll_clones(enroller, speaker: str, cloner: Cloner, clones: list[Clone]) -
     if any(c.path is None for c in clones):
         raise ValueError("write the clones before enrolling them")
     audios = [load_audio(c.path) for c in clones]
-    vecs = enroller.embed_audio(audios)
-    samples = [NewSample(sha256=file_sha256(c.path), embedding=v, duration=a.duration,
+    from ..bands import WIDE
+    from ..utterance import utterance_of
+
+    views = enroller.embed_audio(audios)
+    samples = [NewSample(sha256=file_sha256(c.path), embedding=utterance_of(v[WIDE]), duration=a.duration,
                          source_path=str(c.path.resolve()), provenance=clone_provenance(cloner, c),
-                         audio=a.samples)
-               for c, a, v in zip(clones, audios, vecs)]
+                         audio=a.samples, views=v)
+               for c, a, v in zip(clones, audios, views)]
     return enroller.store.add_samples(speaker, "clone", samples, enroller.embedder.identity)

@@ -14,7 +14,8 @@ from ..embedders.base import Embedder
 from ..errors import AudioError
 from ..index import SpeakerIndex, index_path_for
 from ..store import NewSample, SpeakerStore
-from ..utterance import embed_utterances
+from ..bands import WIDE
+from ..utterance import embed_band_views, utterance_of
 from ..vad import VadConfig
 from ..windows import WindowConfig
 
@@ -48,12 +49,14 @@ class Enroller:
         self.windows = windows
         self.keep_audio = keep_audio
 
-    def embed_audio(self, audios: Sequence[Audio]):
-        vecs = []
+    def embed_audio(self, audios: Sequence[Audio]) -> list[dict]:
+        """Window embeddings of each recording in every band (see :mod:`voxguard.bands`)."""
+        views = []
         for s in range(0, len(audios), EMBED_FILES_PER_CALL):
             part = audios[s: s + EMBED_FILES_PER_CALL]
-            vecs.extend(embed_utterances(self.embedder, [a.samples for a in part], self.vad, self.windows))
-        return vecs
+            views.extend(embed_band_views(self.embedder, [a.samples for a in part], vad=self.vad,
+                                          windows=self.windows))
+        return views
 
     def enroll(self, speaker: str, paths: Iterable[str | Path], kind: str = "genuine",
                provenance: dict | None = None, strict: bool = True,
@@ -88,10 +91,11 @@ class Enroller:
             todo.append((p, digest, audio))
         if not todo:
             return report
-        vecs = self.embed_audio([a for _, _, a in todo])
-        samples = [NewSample(sha256=d, embedding=v, duration=a.duration, source_path=str(p.resolve()),
-                             provenance=dict(provenance or {}), audio=a.samples if self.keep_audio else None)
-                   for (p, d, a), v in zip(todo, vecs)]
+        views = self.embed_audio([a for _, _, a in todo])
+        samples = [NewSample(sha256=d, embedding=utterance_of(v[WIDE]), duration=a.duration,
+                             source_path=str(p.resolve()), provenance=dict(provenance or {}),
+                             audio=a.samples if self.keep_audio else None, views=v)
+                   for (p, d, a), v in zip(todo, views)]
         report.added = self.store.add_samples(speaker, kind, samples, self.embedder.identity)
         report.skipped += len(samples) - report.added
         return report

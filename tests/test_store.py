@@ -202,7 +202,7 @@ def test_other_schema_version_is_refused(tmp_path):
     SpeakerStore(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=f"version 99.*version {SCHEMA_VERSION}"):
+    with pytest.raises(StoreError, match=f"version 99.*versions 1, {SCHEMA_VERSION}"):
         SpeakerStore(path)
 
 
@@ -216,3 +216,36 @@ def test_calibrations(store):
     assert second > first
     cid, data, blob = store.latest_calibration()
     assert (cid, data, blob) == (second, {"thresholds": {"accept": 0.6}}, b"model-bytes")
+
+
+def test_band_views_roundtrip_backfill_and_cascade(store):
+    s1 = sample("v1")
+    s1.views = {"wide": rng.standard_normal((3, 8)).astype(np.float32),
+                "telephone": rng.standard_normal((2, 8)).astype(np.float32)}
+    store.add_samples("alice", "genuine", [s1, sample("v2")], IDENT)
+    tel = store.views("telephone")
+    assert len(tel.ids) == 1 and tel.windows[0].shape == (2, 8) and tel.speakers == ["alice"]
+    np.testing.assert_allclose(tel.windows[0], s1.views["telephone"])
+    assert np.allclose(np.linalg.norm(tel.utterances(), axis=1), 1.0)
+    missing = store.samples_without_view("telephone")
+    assert len(missing) == 1
+    assert store.add_views("telephone", {missing[0]: np.ones((1, 8), np.float32)}) == 1
+    assert store.samples_without_view("telephone") == []
+    with pytest.raises(StoreError, match="window embeddings"):
+        store.add_views("wide", {missing[0]: np.ones((1, 7), np.float32)})
+    store.remove_speaker("alice")
+    assert len(store.views("telephone").ids) == 0  # removed with their samples
+
+
+def test_schema_1_store_is_migrated_on_write_and_readable_read_only(tmp_path):
+    path = tmp_path / "old.db"
+    with SpeakerStore(path) as s:
+        s.add_samples("bob", "genuine", [sample("b1")], IDENT)
+    with sqlite3.connect(path) as db:  # what a version-1 store looks like
+        db.execute("DROP TABLE sample_views")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with SpeakerStore(path, readonly=True) as s:
+        assert len(s.views("wide").ids) == 0 and len(s.samples_without_view("wide")) == 1
+    with SpeakerStore(path) as s:
+        assert s._meta("schema_version") == str(SCHEMA_VERSION)
+        assert s.samples()[0].speaker == "bob" and len(s.samples_without_view("wide")) == 1

@@ -3,7 +3,9 @@
 Two FAISS indexes are kept together in one file beside the store
 (``<store>.faiss``): one row per enrolled speaker (the normalised mean of its
 genuine embeddings — what identification ranks), and one row per sample, genuine
-and clone (the nearest neighbours, used as clone evidence).  The file is replaced
+and clone (the nearest neighbours, used as clone evidence).  Beside them, each
+speaker's centroid in every other band (:mod:`voxguard.bands`: the telephone-band
+views of its samples), so telephone audio is scored against telephone-band models.  The file is replaced
 atomically (temp file + fsync + rename) and records the store id and revision it
 was built from, so a stale file is detected and rebuilt.
 """
@@ -20,11 +22,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .bands import BANDS, WIDE
 from .embedders.base import l2_normalise
 from .errors import StoreError
 from .store import SpeakerStore
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 def index_path_for(store_path: str | Path) -> Path:
@@ -73,7 +76,8 @@ class SpeakerIndex:
 
     def __init__(self, speaker_names: list[str], centroids: np.ndarray, sample_ids: np.ndarray,
                  sample_speaker: np.ndarray, sample_kind: np.ndarray, sample_vectors: np.ndarray,
-                 store_id: str, revision: int, embedder: dict | None, use_gpu: bool | None = None):
+                 store_id: str, revision: int, embedder: dict | None, use_gpu: bool | None = None,
+                 band_centroids: dict[str, np.ndarray] | None = None):
         self.speaker_names = list(speaker_names)
         self.sample_ids = sample_ids.astype(np.int64)
         self.sample_speaker = sample_speaker.astype(np.int32)
@@ -89,6 +93,11 @@ class SpeakerIndex:
         if len(sample_vectors):
             self._samples_cpu.add(np.ascontiguousarray(sample_vectors, dtype=np.float32))
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        # band -> [n_speakers, d] models of that band (rows of speakers without views: wide)
+        self.band_centroids = {WIDE: self.centroids}
+        for band, c in (band_centroids or {}).items():
+            if band != WIDE and c.shape == self.centroids.shape:
+                self.band_centroids[band] = np.ascontiguousarray(c, dtype=np.float32)
         self.on_gpu = False
         self._centroids, self._samples = self._centroids_cpu, self._samples_cpu
         if use_gpu is None:
@@ -113,12 +122,26 @@ class SpeakerIndex:
         genuine = np.array([k == "genuine" for k in table.kinds], dtype=bool)
         owner = np.array([pos[s] for s in table.speakers], dtype=np.int64)
         np.add.at(centroids, owner[genuine], table.vectors[genuine])
+        centroids = l2_normalise(centroids) if len(names) else centroids
+        bands = {}
+        for band in BANDS:
+            if band == WIDE:
+                continue
+            view = store.views(band, kind="genuine")
+            bc = centroids.copy()
+            if len(view.ids):
+                sums = np.zeros_like(centroids)
+                rows = np.array([pos[s] for s in view.speakers], dtype=np.int64)
+                np.add.at(sums, rows, view.utterances())
+                have = np.linalg.norm(sums, axis=1) > 0
+                bc[have] = l2_normalise(sums[have])
+            bands[band] = bc
         ident = store.embedder
-        return cls(all_names, l2_normalise(centroids) if len(names) else centroids, table.ids,
+        return cls(all_names, centroids, table.ids,
                    np.array([pos[s] for s in table.speakers], dtype=np.int32),
                    np.array([1 if k == "clone" else 0 for k in table.kinds], dtype=np.int8),
                    table.vectors, store.store_id, store.revision, ident.as_dict() if ident else None,
-                   use_gpu=use_gpu)
+                   use_gpu=use_gpu, band_centroids=bands)
 
     @property
     def n_speakers(self) -> int:
@@ -141,7 +164,8 @@ class SpeakerIndex:
         buf = io.BytesIO()
         np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
                  centroids=_serialize(self._centroids_cpu), samples=_serialize(self._samples_cpu),
-                 sample_ids=self.sample_ids, sample_speaker=self.sample_speaker, sample_kind=self.sample_kind)
+                 sample_ids=self.sample_ids, sample_speaker=self.sample_speaker, sample_kind=self.sample_kind,
+                 **{"band_" + b: c for b, c in self.band_centroids.items() if b != WIDE})
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -164,12 +188,13 @@ class SpeakerIndex:
                 cent = faiss.deserialize_index(z["centroids"])
                 samp = faiss.deserialize_index(z["samples"])
                 ids, spk, kind = z["sample_ids"], z["sample_speaker"], z["sample_kind"]
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+                bands = {k[len("band_"):]: z[k] for k in z.files if k.startswith("band_")}
+        except Exception as e:  # noqa: BLE001 — any damage (EOFError, BadZipFile, ...) means "rebuild"
             raise StoreError(f"cannot read index {path}: {e}") from None
         centroids = cent.reconstruct_n(0, cent.ntotal) if cent.ntotal else np.zeros((0, cent.d), np.float32)
         vectors = samp.reconstruct_n(0, samp.ntotal) if samp.ntotal else np.zeros((0, samp.d), np.float32)
         return cls(meta["speakers"], centroids, ids, spk, kind, vectors, meta["store_id"], meta["revision"],
-                   meta["embedder"], use_gpu=use_gpu)
+                   meta["embedder"], use_gpu=use_gpu, band_centroids=bands)
 
     @classmethod
     def for_store(cls, store: SpeakerStore, use_gpu: bool | None = None, save: bool = True) -> "SpeakerIndex":
@@ -227,12 +252,17 @@ class SpeakerIndex:
             results.append(SearchResult(spks, nbs))
         return results
 
-    def speaker_centroid(self, name: str) -> np.ndarray | None:
+    def models(self, band: str = WIDE) -> np.ndarray:
+        """The speaker models (centroids) of ``band``, ``[n_speakers, d]``."""
+        return self.band_centroids.get(band, self.centroids)
+
+    def speaker_centroid(self, name: str, band: str = WIDE) -> np.ndarray | None:
         try:
             i = self.speaker_names.index(name)
         except ValueError:
             return None
-        return self.centroids[i] if i < len(self.centroids) else None
+        models = self.models(band)
+        return models[i] if i < len(models) else None
 
 
 def _gpu_count() -> int:

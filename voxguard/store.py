@@ -27,7 +27,8 @@ from . import SAMPLE_RATE
 from .embedders.base import EmbedderIdentity
 from .errors import EmbedderMismatch, StoreError, UnknownSpeaker
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = ("1", "2")  # version 1 lacks sample_views; it is migrated on the first write open
 KINDS = ("genuine", "clone")
 
 _SCHEMA = """
@@ -59,6 +60,12 @@ CREATE TABLE IF NOT EXISTS calibrations (
     data TEXT NOT NULL,
     blob BLOB
 );
+CREATE TABLE IF NOT EXISTS sample_views (
+    sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+    band TEXT NOT NULL,
+    windows BLOB NOT NULL,
+    PRIMARY KEY (sample_id, band)
+);
 """
 
 
@@ -72,6 +79,10 @@ class NewSample:
     source_path: str | None = None
     provenance: dict = field(default_factory=dict)
     audio: np.ndarray | None = None  # 16 kHz mono float32, kept (as FLAC) for recalibration
+    # window embeddings [n_windows, dim] of the sample per band (voxguard.bands): "wide" as
+    # recorded, "telephone" through the telephone simulation; the utterance embedding of a
+    # band is their normalised mean (``embedding`` is the wide one)
+    views: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,25 @@ class EmbeddingTable:
     speakers: list[str]
     kinds: list[str]
     vectors: np.ndarray  # float32 [n, d]
+
+
+@dataclass
+class ViewTable:
+    """The window embeddings of one band, row-aligned with sample ids, speakers and kinds."""
+
+    band: str
+    ids: np.ndarray  # int64 [n]
+    speakers: list[str]
+    kinds: list[str]
+    windows: list[np.ndarray]  # float32 [n_windows_i, d] each
+
+    def utterances(self) -> np.ndarray:
+        """Utterance embeddings of the band: the normalised mean of each sample's windows."""
+        from .embedders.base import l2_normalise
+
+        if not self.windows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return l2_normalise(np.stack([w.mean(axis=0) for w in self.windows]).astype(np.float32))
 
 
 def encode_audio(samples: np.ndarray) -> bytes:
@@ -156,12 +186,20 @@ class SpeakerStore:
             raise StoreError(f"{self.path} is an empty database, not a voxguard store")
         if "meta" in tables:
             version = self._meta("schema_version")
-            if version != str(SCHEMA_VERSION):
+            if version not in READABLE_SCHEMAS:
                 raise StoreError(f"{self.path} has store schema version {version}; "
-                                 f"this voxguard reads version {SCHEMA_VERSION}")
+                                 f"this voxguard reads versions {', '.join(READABLE_SCHEMAS)}")
+        self._has_views = "sample_views" in tables
         if not readonly:
             self._db.execute("PRAGMA journal_mode = WAL").fetchone()
             self._db.execute("PRAGMA synchronous = NORMAL")
+            if "meta" in tables and self._meta("schema_version") != str(SCHEMA_VERSION):
+                with self.transaction():  # version 1 -> 2: the sample_views table
+                    for stmt in _SCHEMA.strip().split(";"):
+                        if stmt.strip():
+                            self._db.execute(stmt)
+                    self._set_meta("schema_version", str(SCHEMA_VERSION))
+                self._has_views = True
         if "meta" not in tables:
             with self.transaction():
                 for stmt in _SCHEMA.strip().split(";"):
@@ -170,6 +208,7 @@ class SpeakerStore:
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("store_id", uuid.uuid4().hex)
                 self._set_meta("revision", "0")
+            self._has_views = True
 
     def close(self) -> None:
         self._db.close()
@@ -286,6 +325,8 @@ class SpeakerStore:
         for s in samples:
             if s.embedding.shape != (identity.dim,) or not np.isfinite(s.embedding).all():
                 raise StoreError(f"embedding for {s.source_path} is not a finite {identity.dim}-d vector")
+            for band, w in s.views.items():
+                _check_windows(w, identity.dim, f"{band} windows of {s.source_path}")
         now = time.time()
         added = 0
         with self.transaction() as db:
@@ -302,6 +343,10 @@ class SpeakerStore:
                      np.asarray(s.embedding, dtype="<f4").tobytes(),
                      encode_audio(s.audio) if s.audio is not None else None, now))
                 added += cur.rowcount
+                if cur.rowcount:
+                    for band, w in s.views.items():
+                        db.execute("INSERT INTO sample_views (sample_id, band, windows) VALUES (?, ?, ?)",
+                                   (cur.lastrowid, band, _windows_blob(w)))
         return added
 
     def remove_speaker(self, name: str) -> int:
@@ -331,6 +376,44 @@ class SpeakerStore:
             vecs[i] = np.frombuffer(r[3], dtype="<f4")
         return EmbeddingTable(np.array([r[0] for r in rows], dtype=np.int64),
                               [r[1] for r in rows], [r[2] for r in rows], vecs)
+
+    def views(self, band: str, kind: str | None = None) -> ViewTable:
+        """Window embeddings of ``band`` for every sample that has them (sample id order)."""
+        if not self._has_views:
+            return ViewTable(band, np.zeros(0, dtype=np.int64), [], [], [])
+        sql = ("SELECT sa.id, sp.name, sa.kind, v.windows FROM sample_views v JOIN samples sa ON sa.id = v.sample_id "
+               "JOIN speakers sp ON sp.id = sa.speaker_id WHERE v.band = ?")
+        args: tuple = (band,)
+        if kind:
+            sql += " AND sa.kind = ?"
+            args = (band, kind)
+        rows = self._db.execute(sql + " ORDER BY sa.id", args).fetchall()
+        dim = self.embedder.dim if self.embedder else 0
+        return ViewTable(band, np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows],
+                         [r[2] for r in rows], [np.frombuffer(r[3], dtype="<f4").reshape(-1, dim) for r in rows])
+
+    def samples_without_view(self, band: str) -> list[int]:
+        """Ids of samples that have no window embeddings for ``band`` yet."""
+        if not self._has_views:
+            return [r[0] for r in self._db.execute("SELECT id FROM samples ORDER BY id")]
+        return [r[0] for r in self._db.execute(
+            "SELECT id FROM samples WHERE id NOT IN (SELECT sample_id FROM sample_views WHERE band = ?) "
+            "ORDER BY id", (band,))]
+
+    def add_views(self, band: str, views: dict[int, np.ndarray]) -> int:
+        """Store window embeddings of ``band`` for existing samples, in one transaction
+        (samples removed meanwhile are skipped); returns how many were stored."""
+        dim = self.embedder.dim if self.embedder else 0
+        for sid, w in views.items():
+            _check_windows(w, dim, f"{band} windows of sample {sid}")
+        n = 0
+        with self.transaction() as db:
+            for sid, w in views.items():
+                if db.execute("SELECT 1 FROM samples WHERE id = ?", (int(sid),)).fetchone():
+                    db.execute("INSERT OR REPLACE INTO sample_views (sample_id, band, windows) VALUES (?, ?, ?)",
+                               (int(sid), band, _windows_blob(w)))
+                    n += 1
+        return n
 
     def sample_audio(self, sample_id: int) -> np.ndarray | None:
         row = self._db.execute("SELECT audio FROM samples WHERE id = ?", (sample_id,)).fetchone()
@@ -376,3 +459,13 @@ class SpeakerStore:
             "SELECT id, data, blob FROM calibrations WHERE embedder = ? ORDER BY id DESC LIMIT 1",
             (json.dumps(ident.as_dict()),)).fetchone()
         return (row[0], json.loads(row[1]), row[2]) if row else None
+
+
+def _windows_blob(w: np.ndarray) -> bytes:
+    return np.ascontiguousarray(w, dtype="<f4").tobytes()
+
+
+def _check_windows(w: np.ndarray, dim: int, what: str) -> None:
+    w = np.asarray(w)
+    if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] != dim or not np.isfinite(w).all():
+        raise StoreError(f"{what}: not a finite [n, {dim}] array of window embeddings")
