@@ -206,8 +206,9 @@ def _enrollment_index(held: CalibrationInput, enroll_rows: np.ndarray, test: lis
                         store.store_id, store.revision, None, use_gpu=False)
 
 
-def markdown_report(result: EvaluationResult) -> str:
-    """A human-readable report of :meth:`EvaluationResult.report`."""
+def markdown_report(result: EvaluationResult, decisions: dict | None = None) -> str:
+    """A human-readable report of :meth:`EvaluationResult.report` (and of the decision
+    evaluation, :func:`voxguard.enroll.decision_evaluation.evaluate_decisions`, if given)."""
     sp = result.split
     lines = ["# voxguard evaluation", "",
              f"Speaker-disjoint split (seed {sp['seed']}): backend, cohort and thresholds trained on "
@@ -237,4 +238,24 @@ def markdown_report(result: EvaluationResult) -> str:
         for p in r.per_speaker:
             lines.append(f"| {p['speaker']} | {p['test_utterances']} | {pct(p['top1'])} | "
                          f"{p['mean_target_score']:.3f} | {pct(p['frr_at_accept'])} | {pct(p['far_at_accept'])} |")
+    if decisions is not None:
+        sp = decisions["split"]
+        lines += ["", "## Decisions on held-out speakers", "",
+                  f"{sp['enrolled_speakers']} enrolled speakers ({len(sp['enrolled_test_speakers'])} held-out speakers "
+                  f"enrolled with {sp['enroll_utterances']} utterances, {sp['distractor_speakers']} distractors); "
+                  f"{len(sp['unenrolled_test_speakers'])} held-out speakers never enrolled.", "",
+                  "| condition | unenrolled named | enrolled identified | unknown | wrong | top-1 |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for cond, c in decisions["conditions"].items():
+            lines.append(f"| {cond} | {pct(c['unenrolled_named'])} | {pct(c['enrolled_correct'])} | "
+                         f"{pct(c['enrolled_unknown'])} | {pct(c['enrolled_wrong'])} | {pct(c['top1'])} |")
+        lines += ["", "| trials | calibration | Cllr | EER | minDCF | FAR (stated) | FRR (stated) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for cond, t in decisions["trials"].items():
+            for trial in ("utterance", "pair"):
+                q = t.get(trial)
+                if q:
+                    lines.append(f"| {cond} {trial} | {q['calibration']} | {q['cllr']:.3f} | {pct(q['eer'])} | "
+                                 f"{q['min_dcf']:.3f} | {pct(q['far'])} ({pct(q['stated_far'])}) | "
+                                 f"{pct(q['frr'])} ({pct(q['stated_frr'])}) |")
     return "\n".join(lines) + "\n"
