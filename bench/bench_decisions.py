@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_calibrate import AN4, build_store
+from bench_calibrate import ensure_store
 from voxguard.embedders import create_embedder
 from voxguard.enroll.calibration import CalibrationConfig
 from voxguard.enroll.decision_evaluation import evaluate_decisions
@@ -39,12 +38,9 @@ def main() -> int:
     ap.add_argument("--conditions", help="comma-separated (default: clean, telephone and every held-out channel)")
     ap.add_argument("--out", type=Path, default=Path("bench_decisions.json"))
     a = ap.parse_args()
-    path = a.store or Path(tempfile.mkdtemp(prefix="voxguard-bench-")) / "an4.db"
-    if not path.exists():
-        if not (AN4 / "wav" / "an4_clstk").is_dir():
-            print(f"AN4 not found at {AN4} (set VOXGUARD_AN4)", file=sys.stderr)
-            return 1
-        build_store(path)
+    path = ensure_store(a.store)
+    if path is None:
+        return 1
     embedder = create_embedder("resemblyzer", device="cpu")
     cfg = CalibrationConfig(backend=a.backend)
     if a.open_set_rate is not None:

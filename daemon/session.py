@@ -254,6 +254,8 @@ class Session:
         x = pcm_to_float(data, self.start.encoding, self.start.channels)
         if self.start.encoding == "pcm_f32le" and not np.isfinite(x).all():
             raise ProtocolError("non_finite_audio", "pcm_f32le audio holds NaN or infinite samples")
+        if self.start.encoding == "pcm_f32le":
+            x = np.clip(x, -1.0, 1.0)  # full scale is ±1; louder samples clip, as a DAC would
         self._frames_in += len(x)
         if self.time > self.limits.max_duration:
             raise ProtocolError("duration_limit", f"the stream exceeded the maximum duration of "

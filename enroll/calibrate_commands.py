@@ -203,6 +203,7 @@ def cmd_evaluate(ctx) -> int:
     for r in result.results:
         s = r.summary
         lines.append(f"  {r.backend:<14} pair EER {pct(s['pair_eer'])}  minDCF {s['pair_min_dcf']:.3f}  "
+                     f"Cllr {s['pair_cllr']:.3f} (model {s['model_cllr']:.3f})  "
                      f"top-1 {pct(s['top1'])}  top-5 {pct(s['top5'])}  "
                      f"FAR/FRR @ accept {pct(s['at_accept']['far'])}/{pct(s['at_accept']['frr'])}")
     if summary.get("relative_eer_reduction") is not None:

@@ -94,6 +94,12 @@ def test_session_errors_after_start():
     with pytest.raises(ProtocolError) as e:
         f.receive_audio(np.zeros(3, "<f4").tobytes())  # 1.5 stereo frames
     assert e.value.code == "partial_frame"
+    # finite but absurdly loud float samples clip at full scale: nothing downstream turns NaN
+    loud = Session(ENGINE)
+    start(loud, encoding="pcm_f32le")
+    x = (speech_like(3.0) * 3e38).astype("<f4")
+    _, jobs = feed(loud, x.tobytes(), [6400], frame_bytes=4)
+    assert jobs and all(np.isfinite(j.samples).all() and np.abs(j.samples).max() <= 1.0 for j in jobs)
 
 
 # -- audio path ---------------------------------------------------------------------------------

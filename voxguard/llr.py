@@ -96,6 +96,7 @@ class LinearLLR:
 def fit_linear_llr(target_scores: np.ndarray, nontarget_scores: np.ndarray, prior: float = 0.5) -> LinearLLR:
     """Prior-weighted linear logistic regression of targets vs non-targets."""
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     t = np.asarray(target_scores, dtype=np.float64)
     n = np.asarray(nontarget_scores, dtype=np.float64)
@@ -111,8 +112,8 @@ def fit_linear_llr(target_scores: np.ndarray, nontarget_scores: np.ndarray, prio
         lt = a * ts + b + logit_p
         ln = a * ns + b + logit_p
         f = prior * _log1pexp(-lt).mean() + (1 - prior) * _log1pexp(ln).mean()
-        st = -prior * (1 / (1 + np.exp(lt)))
-        sn = (1 - prior) * (1 / (1 + np.exp(-ln)))
+        st = -prior * expit(-lt)
+        sn = (1 - prior) * expit(ln)
         g = np.array([(st * ts).mean() + (sn * ns).mean(), st.mean() + sn.mean()])
         return f, g
 
