@@ -16,16 +16,20 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 import soundfile as sf
+from PIL import Image
 from daemon_support import DaemonProcess, build_store, free_port, held_out
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -391,3 +395,53 @@ def test_bad_inputs_get_clear_errors(daemon, store):
     assert_error(bad_subscribe, "invalid_message", "gossip")
     assert http(daemon, "/v1/calls", None)[0] == 401
     assert metric(daemon, 'voxguard_errors_total{code="unknown_track"}') >= 1
+
+
+# -- the live monitor page, in headless Chromium ---------------------------------------------------------
+CHROMIUM = os.environ.get("VOXGUARD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT_COPY = Path("/tmp/voxguard-monitor.png")  # for people reviewing a run
+
+
+def test_monitor_page_shows_the_live_call(daemon, store, an4_speakers, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    _, names = store
+    name, sid = names[1], "MZmonitorpage0001"
+    call = TwilioCall(sid, tracks=("inbound", "outbound"), parameters={"claimed_speaker": name})
+    mulaw = mulaw_8k(held_out_audio(an4_speakers, name))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1100, "height": 420})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{daemon.http}/monitor?token={TOKEN}")
+        assert page.title() == "voxguard monitor"
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('live')", timeout=30_000)
+        result = {}
+        streamer = threading.Thread(target=lambda: result.update(r=asyncio.run(
+            twilio_stream(daemon, call, mulaw, speed=2.0))))
+        streamer.start()
+        card = f'.call[data-stream-id="{sid}"]'
+        row = f'{card} tr[data-channel="0"]'
+        page.wait_for_selector(card, timeout=30_000)
+        page.wait_for_function(f"(() => {{ const r = document.querySelector('{row}'); return r && "
+                               f"r.querySelector('.speaker').textContent === {name!r} && "
+                               f"r.querySelector('.claim .badge').textContent === 'accept'; }})()", timeout=60_000)
+        assert page.text_content(f"{row} .chan") == "inbound"
+        assert page.text_content(f'{card} tr[data-channel="1"] .chan') == "outbound"
+        assert page.text_content(f"{row} .clone .badge") == "none"
+        shot = tmp_path / "monitor.png"
+        page.screenshot(path=str(shot), full_page=True)
+        shutil.copyfile(shot, SCREENSHOT_COPY)
+        # the screenshot itself: the call's row carries the sparkline of its scores (accent blue pixels)
+        box = page.locator(f"{row} canvas").bounding_box()
+        pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        spark = pixels[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
+        blue = (np.abs(spark - np.array([0x4F, 0xB3, 0xFF])).sum(axis=2) < 60).sum()
+        assert blue > 50, f"no score line drawn in the row's sparkline ({blue} blue pixels)"
+        streamer.join(60)
+        assert result["r"][1] == 1000
+        page.wait_for_selector(f"{card}.ended", timeout=30_000)  # the summary ended the card
+        assert errors == []
+        browser.close()
