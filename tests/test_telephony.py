@@ -18,6 +18,8 @@ import hmac
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -30,6 +32,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+from conftest import run_cli
 from daemon_support import DaemonProcess, build_store, free_port, held_out
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -326,6 +329,40 @@ def test_wrong_claim_raises_signed_webhook_alerts(daemon, store, an4_speakers, r
     while time.monotonic() < deadline and metric(daemon, 'voxguard_webhook_alerts_total{result="failed"}') < 1:
         time.sleep(0.5)
     assert metric(daemon, 'voxguard_webhook_alerts_total{result="failed"}') >= 1
+
+
+
+def test_cli_streams_a_stereo_file_as_separate_channels_and_monitor_prints_it(daemon, store, an4_speakers, tmp_path):
+    _, names = store
+    left, right = held_out_audio(an4_speakers, names[3], 2), held_out_audio(an4_speakers, names[1], 2)
+    n = max(len(left), len(right))
+    wav = tmp_path / "call.wav"
+    sf.write(wav, np.stack([np.pad(left, (0, n - len(left))), np.pad(right, (0, n - len(right)))], axis=1), 16000)
+    env = {**os.environ, "VOXGUARD_TOKEN": TOKEN}
+    monitors = [subprocess.Popen([sys.executable, "-m", "voxguard.cli", "monitor", *extra, "--once", "--url",
+                                  f"ws://127.0.0.1:{daemon.port}/v1/monitor", "--stream-id", "cli-stereo"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for extra in (["--json"], ["--types", "ready,identity,verification,summary"])]
+    time.sleep(3)  # the monitors subscribe (their interpreter starts) before the stream begins
+    r = run_cli("stream", str(wav), "--channels", "separate", "--claim", f"0={names[3]}", "--speed", "4", "--json",
+                "--stream-id", "cli-stereo", "--url", f"ws://127.0.0.1:{daemon.port}/v1/stream", env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    own = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    outs = [m.communicate(timeout=60) for m in monitors]
+    assert [m.returncode for m in monitors] == [0, 0], [o[1] for o in outs]
+    fed = [json.loads(line) for line in outs[0][0].splitlines()]
+    assert fed == own  # the feed carries exactly the stream's own events
+    for ch, name in ((0, names[3]), (1, names[1])):
+        ident = [e for e in own if e["type"] == "identity" and e["channel"] == ch]
+        assert ident and ident[-1]["decision"]["speaker"] == name, (ch, ident[-1:])
+    assert own[-1]["channels"][0]["verification"]["decision"] == "accept"
+    text = outs[1][0]
+    assert "[cli-stereo] ready: stream cli-stereo" in text and "2 separate channels, ch0 claims " + names[3] in text
+    assert f"ch1 speaking: {names[1]}" in text and f"claim {names[3]}: ACCEPT" in text
+    assert " channel 0:" in text and " channel 1:" in text
+    bad = run_cli("stream", str(wav), "--channels", "separate", "--claim", "left=bob", "--no-pace",
+                  "--url", f"ws://127.0.0.1:{daemon.port}/v1/stream", env=env)
+    assert bad.returncode == 2 and b"CH=SPEAKER" in bad.stderr
 
 
 def twilio_bad(daemon, *messages) -> tuple[list, int]:

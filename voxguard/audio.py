@@ -90,8 +90,9 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
-               min_duration: float = MIN_DURATION_S) -> Audio:
-    """Decode ``path`` to mono float32 at ``sample_rate``.
+               min_duration: float = MIN_DURATION_S, keep_channels: bool = False) -> Audio:
+    """Decode ``path`` to mono float32 at ``sample_rate`` (``keep_channels``: ``[frames,
+    channels]`` instead, each channel resampled, none mixed).
 
     Raises :class:`AudioError` naming the file when it is missing, empty,
     undecodable, holds non-finite samples, or is shorter than ``min_duration``.
@@ -116,6 +117,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
     duration = len(mono) / rate
     if duration < min_duration:
         raise AudioError(p, f"too short: {duration:.3f} s of audio (at least {min_duration:.2f} s needed)")
+    if keep_channels:
+        return Audio(resample(data, rate, sample_rate), sample_rate, rate, channels)
     return Audio(resample(mono, rate, sample_rate), sample_rate, rate, channels)
 
 
