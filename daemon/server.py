@@ -99,12 +99,13 @@ def _json(status: int, data: dict, extra: dict | None = None) -> Response:
 class Stream:
     """One WebSocket connection: reads client messages into its session, writes events."""
 
-    def __init__(self, daemon: "Daemon", ws: ServerConnection, source: str = "stream", echo: bool = True):
+    def __init__(self, daemon: "Daemon", ws: ServerConnection, source: str = "stream", echo: bool = True,
+                 token_check=None):
         self.daemon = daemon
         self.ws = ws
         self.session = CallSession(daemon.engine_info(), daemon.config.limits)
         # what reads the connection's messages: the call itself, or a wire-format adapter
-        self.adapter = TwilioAdapter(self.session) if source == "twilio" else self.session
+        self.adapter = TwilioAdapter(self.session, token_check) if source == "twilio" else self.session
         self.state = CallState(source)
         self.echo = echo  # send every event back on this connection (else only errors)
         self.outbox: asyncio.Queue = asyncio.Queue()
@@ -372,6 +373,9 @@ class Daemon:
             return None
         return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
 
+    def _valid_token(self, given: str) -> bool:
+        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
+
     def _auth_failure(self, request: Request, query: dict) -> Response | None:
         if not self.config.auth_required:
             return None
@@ -386,6 +390,10 @@ class Daemon:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path, method = url.path, request.method
+        if path == TWILIO_PATH and method == "GET" and self.config.auth_required \
+                and self._token_ok(request, query) is None:
+            # Twilio drops query strings: the token may come in the start message (checked there)
+            return None if self.ready else _json(503, {"error": "shutting down"})
         if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH) and method == "GET":
             denied = self._auth_failure(request, query)
             if denied is None and not self.ready:
@@ -437,7 +445,8 @@ class Daemon:
             return
         if url.path == TWILIO_PATH:
             echo = query.get("events", ["0"])[-1].lower() in ("1", "true", "yes")
-            stream = Stream(self, ws, source="twilio", echo=echo)
+            deferred = self.config.auth_required and self._token_ok(ws.request, query) is None
+            stream = Stream(self, ws, source="twilio", echo=echo, token_check=self._valid_token if deferred else None)
         else:
             stream = Stream(self, ws)
         if len(self.streams) >= self.config.max_streams or not self.ready:

@@ -17,6 +17,11 @@ listed (``inbound`` first when Twilio sends both); the ``streamSid`` is the stre
 ``customParameters.claimed_speaker`` claims the ``inbound`` track (the caller) and
 ``customParameters.claimed_speaker_outbound`` the ``outbound`` one.  Anything that does
 not follow the format is a :class:`~voxguard.protocol.ProtocolError`.
+
+Authentication: Twilio drops query strings from ``<Stream url>``, so when the daemon needs
+a token and the handshake carried none, the token must come as the TwiML
+``<Parameter name="token">`` (``start.customParameters.token``; ``token_check`` decides),
+else the stream ends with ``unauthorized``.  The token is never echoed in events.
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ def _str(d: dict, key: str, where: str) -> str:
 class TwilioAdapter:
     """Feeds one Twilio Media Stream into a :class:`CallSession`."""
 
-    def __init__(self, call: CallSession):
+    def __init__(self, call: CallSession, token_check=None):
         self.call = call
+        self.token_check = token_check  # None: the handshake was authenticated (or no token needed)
         self.tracks: list[str] = []
         self.stream_sid: str | None = None
         self.call_sid: str | None = None
@@ -106,6 +112,13 @@ class TwilioAdapter:
         params = s.get("customParameters") or {}
         if not isinstance(params, dict):
             raise ProtocolError("invalid_message", "Twilio start.customParameters must be an object")
+        if self.token_check is not None:
+            token = params.get("token")
+            if not isinstance(token, str) or not self.token_check(token):
+                raise ProtocolError("unauthorized", "this stream needs a token: add <Parameter name=\"token\" "
+                                                    "value=\"...\"/> to the TwiML <Stream> (Twilio drops query "
+                                                    "strings)" if not token else "customParameters.token is not "
+                                                                                 "a valid token")
         claims = {}
         for track, key in CLAIM_PARAMETERS.items():
             if params.get(key):
@@ -120,7 +133,8 @@ class TwilioAdapter:
         assert isinstance(start, Start)
         self.tracks, self.stream_sid = list(tracks), sid
         self.call_sid = s.get("callSid") if isinstance(s.get("callSid"), str) else None
-        self.custom_parameters = {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool))}
+        self.custom_parameters = {k: v for k, v in params.items()
+                                  if isinstance(v, (str, int, float, bool)) and k != "token"}
         return self.call.begin(start, channel_names=self.tracks, extra={
             "source": "twilio", "call_sid": self.call_sid, "custom_parameters": self.custom_parameters})
 

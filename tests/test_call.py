@@ -170,6 +170,18 @@ def test_twilio_tracks_become_channels_with_the_claim_on_inbound():
     assert call.sessions[0].time == pytest.approx(len(mulaw) / 8000)
 
 
+def test_twilio_token_from_custom_parameters():
+    tw = TwilioAdapter(CallSession(ENGINE), token_check=lambda t: t == "s3cret-token-000000")
+    with pytest.raises(ProtocolError) as e:
+        tw.receive_text(twilio_start())
+    assert e.value.code == "unauthorized" and "<Parameter name=\"token\"" in e.value.message
+    with pytest.raises(ProtocolError) as e:
+        tw.receive_text(twilio_start(params={"token": "guess"}))
+    assert e.value.code == "unauthorized" and e.value.close_code == 4401
+    ready = tw.receive_text(twilio_start(params={"token": "s3cret-token-000000", "x": "1"})).events[0]
+    assert ready["custom_parameters"] == {"x": "1"}
+
+
 @pytest.mark.parametrize("messages, code", [
     (["{not json"], "invalid_json"),
     (['{"event": "hangup"}'], "unknown_type"),

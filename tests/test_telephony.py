@@ -194,26 +194,30 @@ def mulaw_8k(audio16k: np.ndarray) -> bytes:
 
 
 async def twilio_stream(daemon, call: TwilioCall, mulaw: bytes, speed: float = 4.0, events: bool = False,
-                        during=None) -> tuple[list, int, list]:
+                        during=None, url_token: bool = True) -> tuple[list, int, list]:
     """Stream ``mulaw`` on the call's first track in 20 ms messages (160 bytes), paced at ``speed``
     × real time; ``during()`` is polled every second. Returns (events, close code, polls)."""
-    url = f"ws://127.0.0.1:{daemon.port}/v1/twilio?token={TOKEN}" + ("&events=1" if events else "")
+    url = f"ws://127.0.0.1:{daemon.port}/v1/twilio?" + ("events=1&" if events else "") + \
+        (f"token={TOKEN}" if url_token else "")
     polls = []
     async with connect(url, max_size=None) as ws:
         reader = asyncio.create_task(collect(ws))
         await ws.send(call.connected())
         await ws.send(call.start())
         t0, last_poll = time.monotonic(), 0.0
-        for k, i in enumerate(range(0, len(mulaw), 160)):
-            for track in call.tracks:
-                await ws.send(call.media(track, mulaw[i:i + 160] if track == call.tracks[0] else b"\xff" * 160))
-            lag = t0 + (k + 1) * 0.02 / speed - time.monotonic()
-            if lag > 0:
-                await asyncio.sleep(lag)
-            if during is not None and time.monotonic() - last_poll > 1.0:
-                last_poll = time.monotonic()
-                polls.append(await asyncio.to_thread(during))
-        await ws.send(call.stop())
+        try:
+            for k, i in enumerate(range(0, len(mulaw), 160)):
+                for track in call.tracks:
+                    await ws.send(call.media(track, mulaw[i:i + 160] if track == call.tracks[0] else b"\xff" * 160))
+                lag = t0 + (k + 1) * 0.02 / speed - time.monotonic()
+                if lag > 0:
+                    await asyncio.sleep(lag)
+                if during is not None and time.monotonic() - last_poll > 1.0:
+                    last_poll = time.monotonic()
+                    polls.append(await asyncio.to_thread(during))
+            await ws.send(call.stop())
+        except ConnectionClosed:  # the server ended the stream (an error event says why)
+            pass
         got = await reader
         return got, ws.close_code, polls
 
@@ -271,6 +275,20 @@ def test_twilio_events_are_echoed_on_request(daemon, store, an4_speakers):
                                                  speed=8.0, events=True))
     assert close == 1000 and events[0]["type"] == "ready" and events[-1]["type"] == "summary"
     assert all(e["channel"] == 0 for e in events if e["type"] not in ("ready", "summary"))
+
+
+def test_twilio_token_as_a_stream_parameter(daemon, store, an4_speakers):
+    """Twilio drops query strings from <Stream url>: the token comes as <Parameter name="token">."""
+    _, names = store
+    mulaw = mulaw_8k(held_out_audio(an4_speakers, names[2], 1))
+    good = TwilioCall("MZparam", parameters={"token": TOKEN, "claimed_speaker": names[2]})
+    events, close, _ = asyncio.run(twilio_stream(daemon, good, mulaw, speed=8.0, events=True, url_token=False))
+    assert close == 1000 and events[-1]["type"] == "summary"
+    assert events[0]["custom_parameters"] == {"claimed_speaker": names[2]}  # the token is never echoed
+    for params in ({"token": "not-the-token-000000"}, {}):
+        bad = TwilioCall("MZnoparam", parameters=params)
+        events, close, _ = asyncio.run(twilio_stream(daemon, bad, mulaw[:1600], url_token=False))
+        assert close == 4401 and [e["code"] for e in events] == ["unauthorized"], events
 
 
 def test_stereo_call_each_channel_names_its_own_speaker(daemon, store, an4_speakers):

@@ -55,6 +55,7 @@ class CloseCode:
     INTERNAL = 1011  # server bug
     TRY_AGAIN = 1013  # too many concurrent streams
     BAD_REQUEST = 4400  # protocol misuse (see ERRORS)
+    UNAUTHORIZED = 4401  # Twilio stream whose start message carries no valid token
     NOT_FOUND = 4404  # claimed speaker not enrolled
     IDLE = 4408  # nothing received for the idle timeout
     TOO_LONG = 4413  # stream longer than the maximum duration
@@ -81,6 +82,8 @@ ERRORS: dict[str, ErrorSpec] = {
     "unknown_track": ErrorSpec(CloseCode.BAD_REQUEST,
                                "a Twilio media message names a track its start message did not announce"),
     "invalid_payload": ErrorSpec(CloseCode.BAD_REQUEST, "a Twilio media payload is not valid base64 audio"),
+    "unauthorized": ErrorSpec(CloseCode.UNAUTHORIZED,
+                              "a Twilio stream opened without a token has no valid customParameters.token"),
     "unsupported_format": ErrorSpec(CloseCode.UNSUPPORTED, "sample rate, encoding or channel count not supported"),
     "frame_too_large": ErrorSpec(CloseCode.TOO_BIG, "a binary message exceeds the server's frame limit"),
     "unknown_speaker": ErrorSpec(CloseCode.NOT_FOUND, "the claimed speaker is not enrolled"),
