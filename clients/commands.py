@@ -42,8 +42,8 @@ def register(sub, common) -> None:
     p.add_argument("input", metavar="FILE|-", help="audio file, or - for raw PCM on stdin")
     src = p.add_argument_group("audio")
     src.add_argument("--rate", type=int, default=16000, help="stdin sample rate, Hz (default 16000)")
-    src.add_argument("--encoding", choices=["pcm_s16le", "pcm_f32le"], default="pcm_s16le",
-                     help="stdin sample encoding (default pcm_s16le)")
+    src.add_argument("--encoding", choices=["pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw"], default="pcm_s16le",
+                     help="stdin sample encoding (default pcm_s16le; pcm_mulaw / pcm_alaw: G.711 telephone audio)")
     src.add_argument("--channels", choices=["1", "2", "separate"], default="1",
                      help="stdin channels (default 1; 2 is mixed into one voice by the server); 'separate': a "
                           "stereo FILE or 2-channel stdin where each channel is its own speaker track (e.g. "
