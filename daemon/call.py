@@ -48,6 +48,12 @@ class CallSession:
         return max((s.time for s in self.sessions), default=0.0)
 
     @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio received, summed over the tracks (a 60 s stereo call in separate
+        mode is 120 s, so that voiced / audio stays a ratio)."""
+        return sum(s.time for s in self.sessions)
+
+    @property
     def speech_seconds(self) -> float:
         return sum(s.speech_seconds for s in self.sessions)
 

@@ -121,8 +121,12 @@ class Stream:
     def emit(self, event: dict, received_at: float | None = None) -> None:
         if self.dead:
             return
-        self.state.apply(event)
-        self.daemon.publish(event)
+        try:
+            self.state.apply(event)
+            self.daemon.publish(event)
+        except Exception:  # the monitor feed and the alerts must never break a stream
+            log.exception("stream %s: monitor/alert bookkeeping failed on a %s event", self.session.stream_id,
+                          event.get("type"))
         if not self.echo and event["type"] != "error":
             self.daemon.metrics.events.labels(event["type"]).inc()
             return
@@ -142,7 +146,7 @@ class Stream:
         if out.dropped:
             self.daemon.metrics.windows_dropped.inc(out.dropped)
         m = self.daemon.metrics
-        t, v = self.session.time, self.session.speech_seconds
+        t, v = self.session.audio_seconds, self.session.speech_seconds
         m.audio_seconds.inc(max(0.0, t - self._audio_s))
         m.voiced_seconds.inc(max(0.0, v - self._voiced_s))
         self._audio_s, self._voiced_s = t, v

@@ -15,6 +15,7 @@ from conftest import speech_like
 from voxguard.audio import float_to_g711, float_to_int16, pcm_to_float, resample
 from voxguard.daemon.alerts import AlertRules, sign
 from voxguard.daemon.call import CallSession
+from voxguard.daemon.metrics import DaemonMetrics
 from voxguard.daemon.monitor import CallState, MonitorHub
 from voxguard.daemon.session import EngineInfo
 from voxguard.daemon.twilio import TwilioAdapter
@@ -222,16 +223,22 @@ def test_monitor_filters_and_bounded_queue_drop_the_oldest():
     with pytest.raises(ProtocolError):
         parse_subscribe('{"type": "subscribe", "types": "identity"}')
 
+    metrics = DaemonMetrics()
+
     async def scenario():
-        hub = MonitorHub(queue_size=3)
+        hub = MonitorHub(queue_size=3, metrics=metrics)
         sub = hub.subscribe(MonitorFilter(types=frozenset({"identity"})))
+        everything = hub.subscribe(MonitorFilter())
+        assert metrics.monitor_subscribers._value.get() == 2
         for i in range(5):
             hub.publish({"type": "identity", "stream_id": "s", "seq": i})
             hub.publish({"type": "speech_start", "stream_id": "s", "seq": i})
         got = [json.loads(await sub.get())["seq"] for _ in range(3)]
-        return got, sub.dropped
+        hub.unsubscribe(everything)
+        return got, sub.dropped, everything.dropped
 
-    assert asyncio.run(scenario()) == ([2, 3, 4], 2)
+    assert asyncio.run(scenario()) == ([2, 3, 4], 2, 7)
+    assert metrics.monitor_dropped._value.get() == 9 and metrics.monitor_subscribers._value.get() == 1
 
 
 def identity(sid: str, speaker, windows: int, channel: int | None = None, score=0.5) -> dict:
