@@ -18,6 +18,7 @@ import hmac
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -381,6 +382,52 @@ def test_cli_streams_a_stereo_file_as_separate_channels_and_monitor_prints_it(da
     bad = run_cli("stream", str(wav), "--channels", "separate", "--claim", "left=bob", "--no-pace",
                   "--url", f"ws://127.0.0.1:{daemon.port}/v1/stream", env=env)
     assert bad.returncode == 2 and b"CH=SPEAKER" in bad.stderr
+
+
+
+def test_a_monitor_that_never_reads_never_slows_a_stream(store, an4_speakers):
+    """A daemon with small monitor queues; one monitor never reads (tiny receive buffer): the
+    stream still runs at its pace and gets every window, and the monitor's queue drops its
+    oldest events (counted in the metrics)."""
+    path, names = store
+    spare = DaemonProcess(path, tokens=(TOKEN,), extra=("--monitor-queue", "10", "--write-timeout", "2"))
+    try:
+        pcm = float_to_int16(held_out_audio(an4_speakers, names[1], 6)).tobytes()
+
+        async def scenario():
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            sock.connect(("127.0.0.1", spare.port))
+            deaf = await connect(f"ws://127.0.0.1:{spare.port}/v1/monitor?token={TOKEN}", sock=sock, max_queue=1)
+            async with connect(f"ws://127.0.0.1:{spare.port}/v1/stream?token={TOKEN}") as ws:
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le",
+                                          "channels": 1, "stream_id": "busy", "claimed_speaker": names[1],
+                                          "options": {"hop": 0.1, "top_k": 20}}))
+                reader = asyncio.create_task(collect(ws))
+                t0 = time.monotonic()
+                step = 3200  # 0.1 s
+                for i in range(0, len(pcm), step):
+                    await ws.send(pcm[i:i + step])
+                    lag = t0 + (i + step) / 32000 / 2.0 - time.monotonic()  # 2 × real time
+                    if lag > 0:
+                        await asyncio.sleep(lag)
+                await ws.send('{"type": "stop"}')
+                events = await reader
+                took = time.monotonic() - t0
+            deaf.transport.abort()
+            return events, ws.close_code, took
+
+        events, close, took = asyncio.run(scenario())
+        audio_s = len(pcm) / 32000
+        assert close == 1000 and events[-1]["type"] == "summary"
+        windows = events[-1]["windows"]
+        assert windows["dropped"] == 0 and windows["scored"] == windows["emitted"] >= 50
+        assert took < audio_s / 2.0 + 5.0  # kept its pace: the stalled monitor did not hold it up
+        # its 10-event queue overflowed and dropped its oldest events (a monitor that stays stalled
+        # for --write-timeout is then cut off, as /v1/stream clients are: see test_server.py)
+        assert metric(spare, "voxguard_monitor_events_dropped_total") > 0
+    finally:
+        spare.kill()
 
 
 def twilio_bad(daemon, *messages) -> tuple[list, int]:
