@@ -302,7 +302,6 @@ class Daemon:
         self.streams: dict[CallSession, Stream] = {}
         self.owners: dict[Session, Stream] = {}  # each track's session -> its stream (for batcher results)
         self.hub = MonitorHub(config.monitor_queue, self.metrics)
-        self.monitors: set[ServerConnection] = set()
         self.rules = AlertRules(config.webhook_level) if config.webhooks else None
         self.webhooks: WebhookSender | None = None
         self.batcher: Batcher | None = None
@@ -497,7 +496,6 @@ class Daemon:
                                                       f"monitors" if self.ready else "shutting down"))
             return
         sub = self.hub.subscribe(flt)
-        self.monitors.add(ws)
 
         def replay() -> None:
             for st in list(self.streams.values()):
@@ -537,7 +535,6 @@ class Daemon:
             for t in tasks:
                 t.cancel()
             self.hub.unsubscribe(sub)
-            self.monitors.discard(ws)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def request_shutdown(self) -> None:
