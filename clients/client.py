@@ -162,14 +162,16 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
 
 
 def make_start(source: AudioSource, stream_id: str, claimed_speaker: str | None,
-               options: StreamOptions | Mapping | None, encoding: str | None) -> Start:
+               options: StreamOptions | Mapping | None, encoding: str | None, channel_mode: str = "mix",
+               claimed_speakers: Mapping[int, str] | None = None) -> Start:
     """The ``start`` message for ``source``, checked with the protocol's own parser."""
     enc = getattr(source, "encoding", None) or encoding or "pcm_s16le"
     if isinstance(options, Mapping):
         opts = StreamOptions(**{**asdict(StreamOptions()), **options})
     else:
         opts = options or StreamOptions()
-    start = Start(int(source.sample_rate), enc, int(source.channels), stream_id, claimed_speaker, opts)
+    start = Start(int(source.sample_rate), enc, int(source.channels), stream_id, claimed_speaker, opts,
+                  channel_mode, dict(claimed_speakers or {}))
     try:
         parse_client_text(start.to_json())
     except ProtocolError as e:
@@ -400,15 +402,21 @@ class Client:
 
     async def stream(self, source: AudioSource, *, claimed_speaker: str | None = None,
                      options: StreamOptions | Mapping | None = None, stream_id: str | None = None,
-                     stop: asyncio.Event | None = None) -> AsyncIterator[Event]:
+                     stop: asyncio.Event | None = None, channel_mode: str = "mix",
+                     claimed_speakers: Mapping[int, str] | None = None) -> AsyncIterator[Event]:
         """Stream ``source`` and yield the server's events, ending with the ``summary``.
+
+        ``channel_mode="separate"`` makes each channel of a stereo source its own speaker
+        track (events then carry ``channel``), with optional ``claimed_speakers``
+        (channel -> speaker).
 
         Setting ``stop`` ends the stream early (the client sends ``stop`` and still gets
         the summary) — how ``voxguard mic`` handles Ctrl-C."""
         base = stream_id or f"vg-{uuid.uuid4().hex[:12]}"
         if len(base) > MAX_STREAM_ID - 6:
             raise ValueError(f"stream_id must be at most {MAX_STREAM_ID - 6} characters")
-        make_start(source, base, claimed_speaker, options, self.encoding)  # fail early on bad settings
+        mode = (channel_mode, claimed_speakers)
+        make_start(source, base, claimed_speaker, options, self.encoding, *mode)  # fail early on bad settings
         queue: asyncio.Queue = asyncio.Queue(self.buffer_blocks)
         feeder = asyncio.create_task(self._feed(source, queue))
         opened = 0  # streams opened so far
@@ -417,7 +425,7 @@ class Client:
         try:
             while True:
                 sid = base if opened == 0 else f"{base}~{opened}"
-                start = make_start(source, sid, claimed_speaker, options, self.encoding)
+                start = make_start(source, sid, claimed_speaker, options, self.encoding, *mode)
                 try:
                     conn = await StreamConnection.open(self.url, start, self.token, self.ssl, self.open_timeout)
                 except ClientError as e:

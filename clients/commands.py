@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/stream"
+DEFAULT_MONITOR_URL = "ws://127.0.0.1:8765/v1/monitor"
 EXIT_CODES = ("Exit status: 0 clean end (and, with --claim, the claim accepted), 1 claim rejected, 2 bad usage "
               "or input, 3 claim undecided, 4 server error event, 5 cannot connect, 6 token refused, "
               "7 connection lost or stream closed by the server")
@@ -41,9 +42,12 @@ def register(sub, common) -> None:
     p.add_argument("input", metavar="FILE|-", help="audio file, or - for raw PCM on stdin")
     src = p.add_argument_group("audio")
     src.add_argument("--rate", type=int, default=16000, help="stdin sample rate, Hz (default 16000)")
-    src.add_argument("--encoding", choices=["pcm_s16le", "pcm_f32le"], default="pcm_s16le",
-                     help="stdin sample encoding (default pcm_s16le)")
-    src.add_argument("--channels", type=int, choices=[1, 2], default=1, help="stdin channels (default 1)")
+    src.add_argument("--encoding", choices=["pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw"], default="pcm_s16le",
+                     help="stdin sample encoding (default pcm_s16le; pcm_mulaw / pcm_alaw: G.711 telephone audio)")
+    src.add_argument("--channels", choices=["1", "2", "separate"], default="1",
+                     help="stdin channels (default 1; 2 is mixed into one voice by the server); 'separate': a "
+                          "stereo FILE or 2-channel stdin where each channel is its own speaker track (e.g. "
+                          "caller and agent), claims then given as --claim 0=alice,1=bob")
     src.add_argument("--block", type=float, default=0.1, metavar="SECONDS",
                      help="audio per binary frame (default 0.1 s)")
     pace = src.add_mutually_exclusive_group()
@@ -67,11 +71,35 @@ def register(sub, common) -> None:
     add_connection_arguments(p)
     p.set_defaults(func=_mic)
 
+    p = sub.add_parser(
+        "monitor", parents=[common], help="print every active stream's events from the daemon's monitor feed",
+        description="Subscribe to the daemon's monitor feed (/v1/monitor) and print the events of every active "
+                    "stream as they happen: one line per event prefixed with the stream id, or one JSON event "
+                    "per line with --json. Exit status: 0 the feed ended (server shutdown, or --once), 4 server "
+                    "error event (bad filter), 5 cannot connect, 6 token refused, 7 connection lost.")
+    p.add_argument("--url", default=os.environ.get("VOXGUARD_MONITOR_URL", DEFAULT_MONITOR_URL),
+                   help=f"monitor feed URL (default $VOXGUARD_MONITOR_URL or {DEFAULT_MONITOR_URL})")
+    p.add_argument("--token", help="bearer token (default $VOXGUARD_TOKEN)")
+    p.add_argument("--token-file", metavar="FILE", help="read the token from FILE (first non-comment line)")
+    p.add_argument("--cafile", metavar="PEM", help="CA certificate(s) to trust for wss://")
+    p.add_argument("--stream-id", action="append", metavar="ID", help="only this stream (repeatable)")
+    p.add_argument("--types", metavar="TYPE,...", help="only these event types, e.g. identity,verification")
+    p.add_argument("--min-clone-level", choices=["low", "medium", "high"],
+                   help="hold back clone_suspicion events below this level")
+    p.add_argument("--once", action="store_true", help="exit after the first stream's summary")
+    p.set_defaults(func=_monitor, reconnect=0)
+
 
 def _stream(ctx) -> int:
     from .stream import cmd_stream
 
     return cmd_stream(ctx)
+
+
+def _monitor(ctx) -> int:
+    from .monitor import cmd_monitor
+
+    return cmd_monitor(ctx)
 
 
 def _mic(ctx) -> int:

@@ -26,6 +26,11 @@ class Event:
     raw: dict = field(repr=False, compare=False)
 
     @property
+    def channel(self) -> int | None:
+        """The channel (speaker track) of a ``channel_mode: separate`` stream's event, else None."""
+        return self.raw.get("channel")
+
+    @property
     def json(self) -> str:
         """The event as JSON (the server's object, re-serialised)."""
         return json.dumps(self.raw)
@@ -115,13 +120,26 @@ class Summary(Event):
     speech_duration: float
     speech_ratio: float
     windows: dict
-    identity: dict
+    identity: dict | None  # None for a separate-channel stream: see ``channels``
     verification: dict | None
-    clone: dict
+    clone: dict | None
+
+    @property
+    def channels(self) -> list[dict]:
+        """One section per channel of a ``channel_mode: separate`` stream (else empty)."""
+        return self.raw.get("channels") or []
 
     @property
     def verdict(self) -> str | None:
-        """The claimed speaker's final decision (None when no speaker was claimed)."""
+        """The claimed speaker's final decision (None when no speaker was claimed); for
+        separate channels, reject if any claim was rejected, accept if all were accepted."""
+        if self.channels:
+            verdicts = [c["verification"]["decision"] for c in self.channels if c.get("verification")]
+            if not verdicts:
+                return None
+            if "reject" in verdicts:
+                return "reject"
+            return "accept" if all(v == "accept" for v in verdicts) else "undecided"
         return self.verification["decision"] if self.verification else None
 
 

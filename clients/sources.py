@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from voxguard import SAMPLE_RATE
 from voxguard.audio import downmix, int16_to_float, load_audio, resample
+from voxguard.errors import AudioError
 from voxguard.protocol import CHANNELS, ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 Block = np.ndarray | bytes
@@ -114,10 +116,16 @@ class ArraySource:
             yield block
 
 
-def file_source(path: str | os.PathLike, block: float = DEFAULT_BLOCK_S, speed: float | None = 1.0) -> ArraySource:
+def file_source(path: str | os.PathLike, block: float = DEFAULT_BLOCK_S, speed: float | None = 1.0,
+                keep_channels: bool = False) -> ArraySource:
     """A file decoded by :func:`voxguard.audio.load_audio` (soundfile, ffmpeg fallback),
-    sent as 16 kHz mono.  Raises :class:`voxguard.errors.AudioError` when it cannot be read."""
-    audio = load_audio(path, SAMPLE_RATE)
+    sent as 16 kHz mono (``keep_channels``: 16 kHz with the file's channels, for
+    ``channel_mode: separate``; the file must then be stereo).  Raises
+    :class:`voxguard.errors.AudioError` when it cannot be read."""
+    audio = load_audio(path, SAMPLE_RATE, keep_channels=keep_channels)
+    if keep_channels and audio.source_channels != 2:
+        raise AudioError(Path(path), f"separate channels need a stereo file; this one has "
+                                     f"{audio.source_channels} channel(s)")
     return ArraySource(audio.samples, audio.sample_rate, block=block, speed=speed)
 
 

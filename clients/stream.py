@@ -97,6 +97,8 @@ class StreamJob:
     options: dict = field(default_factory=dict)
     stream_id: str | None = None
     json: bool = False
+    channel_mode: str = "mix"
+    claimed_speakers: dict[int, str] = field(default_factory=dict)
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -130,7 +132,8 @@ async def run_job(job: StreamJob, *, handle_sigint: bool = True, interrupted_exi
     summary: Summary | None = None
     try:
         async for event in job.client.stream(job.source, claimed_speaker=job.claimed_speaker, options=job.options,
-                                             stream_id=job.stream_id, stop=stop):
+                                             stream_id=job.stream_id, stop=stop, channel_mode=job.channel_mode,
+                                             claimed_speakers=job.claimed_speakers):
             if isinstance(event, Summary):
                 summary = event
             _show(event, view, job)
@@ -180,18 +183,38 @@ def source_from_args(args) -> AudioSource:
     if not args.no_pace and args.speed <= 0:
         raise UsageError("--speed must be positive")
     speed = None if args.no_pace else args.speed
+    separate = args.channels == "separate"
     if args.input == "-":
         try:
-            return PcmSource(sys.stdin.buffer, args.rate, args.encoding, args.channels, args.block, speed)
+            return PcmSource(sys.stdin.buffer, args.rate, args.encoding, 2 if separate else int(args.channels),
+                             args.block, speed)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    return file_source(args.input, args.block, speed)  # AudioError names the file
+    return file_source(args.input, args.block, speed, keep_channels=separate)  # AudioError names the file
+
+
+def claims_from_args(args) -> tuple[str | None, dict[int, str]]:
+    """(claimed_speaker, claimed_speakers): with ``--channels separate``, ``--claim`` is
+    ``CH=SPEAKER[,CH=SPEAKER]`` (a bare ``SPEAKER`` claims channel 0)."""
+    if getattr(args, "channels", "1") != "separate" or not args.claim:
+        return args.claim, {}
+    claims = {}
+    for part in args.claim.split(","):
+        ch, sep, name = part.partition("=")
+        if not sep:
+            ch, name = "0", part
+        if not ch.strip().isdigit() or not name.strip():
+            raise UsageError(f"--claim with --channels separate takes CH=SPEAKER pairs, got {part!r}")
+        claims[int(ch)] = name.strip()
+    return None, claims
 
 
 def cmd_stream(ctx) -> int:
     args = ctx.args
     source = source_from_args(args)
-    job = StreamJob(client_from_args(args), source, args.claim, options_from_args(args), args.stream_id, ctx.json)
+    claimed, claims = claims_from_args(args)
+    job = StreamJob(client_from_args(args), source, claimed, options_from_args(args), args.stream_id, ctx.json,
+                    "separate" if args.channels == "separate" else "mix", claims)
     code = run(job, interrupted_exit=EXIT_INTERRUPTED)
     dropped = getattr(source, "dropped_bytes", 0)
     if dropped:

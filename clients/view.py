@@ -31,10 +31,15 @@ class LiveView:
     """Turns events into readable lines (``render`` returns ``None`` for nothing to print)."""
 
     def __init__(self):
-        self.state = LiveState()
+        self.state = LiveState()  # the stream's one track (channel_mode mix)
+        self.channels: dict[int, LiveState] = {}  # channel_mode separate: one per channel
 
-    def status(self) -> str:
-        s = self.state
+    def _state(self, ev: Event) -> LiveState:
+        ch = ev.channel
+        return self.state if ch is None else self.channels.setdefault(ch, LiveState())
+
+    def status(self, s: LiveState | None = None) -> str:
+        s = s or self.state
         who = f"{s.speaker} {_score(s.score)}" if s.speaker else "nobody recognised"
         parts = [f"speaking: {who}"]
         if s.claim:
@@ -43,13 +48,19 @@ class LiveView:
         return " | ".join(parts)
 
     def render(self, ev: Event) -> str | None:
-        s = self.state
-        t = f"{ev.time:8.2f}s  "
+        s = self._state(ev)
+        t = f"{ev.time:8.2f}s  " + ("" if ev.channel is None else f"ch{ev.channel} ")
         if isinstance(ev, Ready):
             s.claim = ev.claimed_speaker
             emb = ev.embedder
             th = ev.thresholds
             claim = f", claim {ev.claimed_speaker}" if ev.claimed_speaker else ""
+            if ev.raw.get("channel_mode") == "separate":
+                claims = ev.raw.get("claimed_speakers") or {}
+                for c, name in claims.items():
+                    self.channels.setdefault(int(c), LiveState()).claim = name
+                claim = f", {ev.input['channels']} separate channels" + "".join(
+                    f", ch{c} claims {n}" for c, n in sorted(claims.items()))
             return (f"ready: stream {ev.stream_id}, {emb.get('name')} on {emb.get('device')}, "
                     f"{ev.index.get('enrolled_speakers')} enrolled speaker(s), accept >= "
                     f"{_score(th.get('accept'))}{claim}")
@@ -64,7 +75,7 @@ class LiveView:
             s.speaker = ev.current
             s.score = next((x["score"] for x in ev.top if x["speaker"] == s.speaker), None) if s.speaker else None
             window = f"window {ev.speaker or '-'} {_score(ev.score)}"
-            return f"{t}{self.status()}   [{window}]"
+            return f"{t}{self.status(s)}   [{window}]"
         if isinstance(ev, Verification):
             s.claim = ev.claimed_speaker
             s.verdict = ev.decision
@@ -84,20 +95,28 @@ class LiveView:
 
     @staticmethod
     def summary(ev: Summary) -> str:
-        ident = ev.identity
-        dec = ident.get("decision") or {}
         w = ev.windows
         lines = [f"summary ({'stopped' if ev.reason == 'stop' else 'server shut down'}): {ev.duration:.2f} s of "
                  f"audio, {ev.speech_duration:.2f} s speech ({100 * ev.speech_ratio:.0f}%), {w.get('scored')} "
-                 f"window(s) scored, {w.get('dropped')} dropped",
-                 f"  speaker: {dec.get('speaker') or 'nobody recognised'} (closest overall: "
+                 f"window(s) scored, {w.get('dropped')} dropped"]
+        if ev.channels:
+            for part in ev.channels:
+                name = f" ({part['name']})" if part.get("name") else ""
+                lines.append(f" channel {part['channel']}{name}:")
+                lines += LiveView._track(part["identity"], part["verification"], part["clone"], "    ")
+        else:
+            lines += LiveView._track(ev.identity, ev.verification, ev.clone, "  ")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _track(ident: dict, v: dict | None, c: dict, pad: str) -> list[str]:
+        dec = ident.get("decision") or {}
+        lines = [f"{pad}speaker: {dec.get('speaker') or 'nobody recognised'} (closest overall: "
                  f"{ident.get('speaker') or '-'} {_score(ident.get('score'))}; {dec.get('changes', 0)} change(s))"]
-        v = ev.verification
         if v:
-            lines.append(f"  claim {v['claimed_speaker']}: {v['decision'].upper()} (mean score "
+            lines.append(f"{pad}claim {v['claimed_speaker']}: {v['decision'].upper()} (mean score "
                          f"{_score(v.get('score'))} over {v.get('windows')} window(s), threshold "
                          f"{_score(v.get('threshold'))})")
-        c = ev.clone
-        lines.append(f"  clone suspicion: {c.get('max_level')} (max {_score(c.get('max_score'))}, "
+        lines.append(f"{pad}clone suspicion: {c.get('max_level')} (max {_score(c.get('max_score'))}, "
                      f"{c.get('suspicious_windows')} suspicious window(s))")
-        return "\n".join(lines)
+        return lines

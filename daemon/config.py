@@ -38,6 +38,12 @@ class ServeConfig:
     max_batch: int = 64
     max_wait: float = 0.005
     faiss_threads: int = 1
+    max_monitors: int = 32
+    monitor_queue: int = 1000
+    webhooks: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_level: str = "medium"
+    webhook_timeout: float = 5.0
     limits: SessionLimits = field(default_factory=SessionLimits)
 
     @property
@@ -57,6 +63,13 @@ class ServeConfig:
             raise ConfigError("--port must be between 0 and 65535")
         if self.max_streams < 1 or self.max_batch < 1 or self.limits.max_pending < 1:
             raise ConfigError("--max-streams, --max-batch and --max-pending-windows must be at least 1")
+        for url in self.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--webhook must be an http:// or https:// URL, got {url!r}")
+        if self.max_monitors < 1 or self.monitor_queue < 1:
+            raise ConfigError("--max-monitors and --monitor-queue must be at least 1")
+        if self.webhook_timeout <= 0:
+            raise ConfigError("--webhook-timeout must be positive")
         for name in ("idle_timeout", "write_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -118,6 +131,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-pending-windows", type=int, default=16,
                      help="windows of one stream waiting for the embedder before the oldest are dropped "
                           "(default 16)")
+    mon = p.add_argument_group("monitoring and alerts")
+    mon.add_argument("--max-monitors", type=int, default=32, help="concurrent /v1/monitor subscribers (default 32)")
+    mon.add_argument("--monitor-queue", type=int, default=1000,
+                     help="events queued per monitor before the oldest are dropped (default 1000)")
+    mon.add_argument("--webhook", metavar="URL", action="append", default=None,
+                     help="POST alerts (clone suspicion, rejected claim, unknown speaker on a claimed stream) "
+                          "as JSON to URL (repeatable)")
+    mon.add_argument("--webhook-secret", metavar="SECRET", default=env("VOXGUARD_WEBHOOK_SECRET"),
+                     help="sign webhook bodies with HMAC-SHA256 (header X-Voxguard-Signature; also "
+                          "$VOXGUARD_WEBHOOK_SECRET, which keeps it out of the process list)")
+    mon.add_argument("--webhook-level", choices=("low", "medium", "high"), default="medium",
+                     help="clone-suspicion level that raises an alert (default medium)")
+    mon.add_argument("--webhook-timeout", type=float, default=5.0, help="seconds per webhook POST (default 5)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--max-batch", type=int, default=64, help="largest embedder batch (default 64)")
     eng.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -144,6 +170,8 @@ def from_args(args: argparse.Namespace, store: Path) -> ServeConfig:
         tls_key=Path(args.tls_key).expanduser() if args.tls_key else None,
         allow_origins=tuple(args.allow_origin or ()), max_streams=args.max_streams,
         idle_timeout=args.idle_timeout, write_timeout=args.write_timeout, max_batch=args.max_batch,
-        max_wait=args.max_wait_ms / 1000.0, faiss_threads=args.faiss_threads, limits=limits)
+        max_wait=args.max_wait_ms / 1000.0, faiss_threads=args.faiss_threads, max_monitors=args.max_monitors,
+        monitor_queue=args.monitor_queue, webhooks=tuple(args.webhook or ()), webhook_secret=args.webhook_secret or None,
+        webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout, limits=limits)
     cfg.check()
     return cfg

@@ -8,6 +8,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from voxguard.protocol import CLONE_LEVELS, ERRORS, EVENT_TYPES
 
+from .alerts import ALERT_KINDS
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -42,6 +44,15 @@ class DaemonMetrics:
                                         "Windows with clone suspicion, by level", ["level"], registry=r)
         self.errors = Counter("voxguard_errors_total", "Streams ended by an error, by code", ["code"], registry=r)
         self.reloads = Counter("voxguard_reloads_total", "Store/index reloads, by result", ["result"], registry=r)
+        self.monitor_subscribers = Gauge("voxguard_monitor_subscribers", "Connected /v1/monitor subscribers",
+                                         registry=r)
+        self.monitor_dropped = Counter("voxguard_monitor_events_dropped_total",
+                                       "Events dropped from full monitor queues (oldest first)", registry=r)
+        self.alerts = Counter("voxguard_alerts_total", "Alerts raised for the webhooks, by kind", ["kind"],
+                              registry=r)
+        self.webhook_alerts = Counter("voxguard_webhook_alerts_total",
+                                      "Alert deliveries per webhook URL, by result (sent, failed after retries, "
+                                      "dropped from a full queue)", ["result"], registry=r)
         self.model = Info("voxguard_model", "The embedder in use", registry=r)
         self.index = Info("voxguard_index", "The index in use", registry=r)
         self.index_speakers = Gauge("voxguard_index_speakers", "Enrolled speakers in the index", registry=r)
@@ -52,6 +63,7 @@ class DaemonMetrics:
         # increment hides that increment from rate()/increase() (and from the alerts)
         for counter, values in ((self.events, EVENT_TYPES), (self.clone_suspicions, CLONE_LEVELS),
                                 (self.errors, ERRORS), (self.reloads, ("ok", "failed")),
+                                (self.alerts, ALERT_KINDS), (self.webhook_alerts, ("sent", "failed", "dropped")),
                                 (self.streams, ("stop", "shutdown", "disconnected", "error", "closed"))):
             for value in values:
                 counter.labels(value)

@@ -1,6 +1,11 @@
-"""``voxguard serve``: a thin asyncio shell around the :class:`Session` engine and the
-shared :class:`Batcher`, on one port that speaks WebSocket (``/v1/stream``) and plain
-HTTP (``/metrics``, ``/healthz``, ``/readyz``, ``/``, ``POST /admin/reload``).
+"""``voxguard serve``: a thin asyncio shell around the call engine (:class:`CallSession`,
+one :class:`Session` per speaker track) and the shared :class:`Batcher`, on one port that
+speaks WebSocket (``/v1/stream``, ``/v1/twilio``, ``/v1/monitor``) and plain HTTP
+(``/metrics``, ``/healthz``, ``/readyz``, ``/``, ``/monitor``, ``GET /v1/calls``,
+``POST /admin/reload``).
+
+Every event a stream emits goes to its own connection (Twilio connections get only
+``error`` events unless ``?events=1``), to the monitor feed and to the alert rules.
 
 Built on the ``websockets`` asyncio server: its ``process_request`` hook sees every
 request before the WebSocket handshake (websockets >= 17 hands it non-GET requests
@@ -33,17 +38,24 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from voxguard.protocol import ERRORS, STREAM_PATH, ProtocolError
+from voxguard.protocol import (ERRORS, MONITOR_PATH, STREAM_PATH, TWILIO_PATH, ProtocolError, parse_monitor_query,
+                               parse_subscribe)
 
+from .alerts import AlertRules, WebhookSender
 from .batcher import Batcher
+from .call import CallSession
 from .config import ConfigError, ServeConfig
 from .metrics import DaemonMetrics
+from .monitor import CallState, MonitorHub
 from .session import EngineInfo, Output, Session, WindowResult
+from .twilio import TwilioAdapter
 from .snapshot import ScoringSnapshot, load_snapshot
 
 log = logging.getLogger(__name__)
 
 STATIC_INDEX = Path(__file__).parent / "static" / "index.html"
+STATIC_MONITOR = Path(__file__).parent / "static" / "monitor.html"
+CALLS_PATH = "/v1/calls"
 SEND_BUFFER = 128 * 1024  # kernel send buffer per stream (events are small: ~100 KB/s at most)
 MAX_OUTBOX = 1000  # events waiting to be written to one client before it counts as a slow consumer
 DRAIN_TIMEOUT = 60.0  # seconds to wait for a stream's in-flight windows at stop / shutdown
@@ -87,10 +99,15 @@ def _json(status: int, data: dict, extra: dict | None = None) -> Response:
 class Stream:
     """One WebSocket connection: reads client messages into its session, writes events."""
 
-    def __init__(self, daemon: "Daemon", ws: ServerConnection):
+    def __init__(self, daemon: "Daemon", ws: ServerConnection, source: str = "stream", echo: bool = True,
+                 token_check=None):
         self.daemon = daemon
         self.ws = ws
-        self.session = Session(daemon.engine_info(), daemon.config.limits)
+        self.session = CallSession(daemon.engine_info(), daemon.config.limits)
+        # what reads the connection's messages: the call itself, or a wire-format adapter
+        self.adapter = TwilioAdapter(self.session, token_check) if source == "twilio" else self.session
+        self.state = CallState(source)
+        self.echo = echo  # send every event back on this connection (else only errors)
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.drained = asyncio.Event()
         self.drained.set()
@@ -104,6 +121,15 @@ class Stream:
     def emit(self, event: dict, received_at: float | None = None) -> None:
         if self.dead:
             return
+        try:
+            self.state.apply(event)
+            self.daemon.publish(event)
+        except Exception:  # the monitor feed and the alerts must never break a stream
+            log.exception("stream %s: monitor/alert bookkeeping failed on a %s event", self.session.stream_id,
+                          event.get("type"))
+        if not self.echo and event["type"] != "error":
+            self.daemon.metrics.events.labels(event["type"]).inc()
+            return
         if self.outbox.qsize() >= MAX_OUTBOX:
             self.slow_consumer()
             return
@@ -114,11 +140,13 @@ class Stream:
             self.emit(ev)
         if out.jobs:
             self.drained.clear()
+            for job in out.jobs:
+                self.daemon.owners[job.session] = self
             self.daemon.batcher.submit(out.jobs)
         if out.dropped:
             self.daemon.metrics.windows_dropped.inc(out.dropped)
         m = self.daemon.metrics
-        t, v = self.session.time, self.session.speech_seconds
+        t, v = self.session.audio_seconds, self.session.speech_seconds
         m.audio_seconds.inc(max(0.0, t - self._audio_s))
         m.voiced_seconds.inc(max(0.0, v - self._voiced_s))
         self._audio_s, self._voiced_s = t, v
@@ -134,7 +162,7 @@ class Stream:
             self.daemon.metrics.clone_suspicions.labels(result.clone.level).inc()
         for ev in events:
             self.emit(ev, result.job.received_at if ev["type"] == "identity" else None)
-        if not self.session.pending:
+        if not self.session.pending_jobs():
             self.drained.set()
 
     def fail(self, err: ProtocolError) -> None:
@@ -162,9 +190,7 @@ class Stream:
             self.receiver.cancel()
 
     def _cancel_jobs(self) -> None:
-        for job in list(self.session.pending):
-            job.cancelled = True
-        self.session.pending.clear()
+        self.session.cancel_all()
         self.drained.set()
 
     async def _send_loop(self) -> None:
@@ -203,9 +229,9 @@ class Stream:
                 raise ProtocolError("idle_timeout", f"nothing received for {idle:g} s") from None
             now = time.monotonic()
             if isinstance(msg, str):
-                out = self.session.receive_text(msg, now)
+                out = self.adapter.receive_text(msg, now)
             else:
-                out = self.session.receive_audio(msg, now)
+                out = self.adapter.receive_audio(msg, now)
             self.apply(out)
             if out.stop:
                 return "stop"
@@ -273,7 +299,11 @@ class Daemon:
         self.embedder = embedder
         self.metrics = metrics or DaemonMetrics()
         self.notifier = Notifier()
-        self.streams: dict[Session, Stream] = {}
+        self.streams: dict[CallSession, Stream] = {}
+        self.owners: dict[Session, Stream] = {}  # each track's session -> its stream (for batcher results)
+        self.hub = MonitorHub(config.monitor_queue, self.metrics)
+        self.rules = AlertRules(config.webhook_level) if config.webhooks else None
+        self.webhooks: WebhookSender | None = None
         self.batcher: Batcher | None = None
         self.ready = False
         self.port: int | None = None
@@ -318,9 +348,17 @@ class Daemon:
 
     def _on_results(self, results: list[WindowResult]) -> None:
         for r in results:
-            stream = self.streams.get(r.job.session)
+            stream = self.owners.get(r.job.session)
             if stream is not None:
                 stream.on_result(r)
+
+    def publish(self, event: dict) -> None:
+        """Every event of every stream: to the monitor feed and the alert rules."""
+        self.hub.publish(event)
+        if self.rules is not None:
+            for alert in self.rules.alerts(event):
+                self.metrics.alerts.labels(alert["alert"]).inc()
+                self.webhooks.submit(alert)
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _token_ok(self, request: Request, query: dict) -> bool | None:
@@ -334,6 +372,9 @@ class Daemon:
             given = query["token"][0]
         if given is None:
             return None
+        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
+
+    def _valid_token(self, given: str) -> bool:
         return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
 
     def _auth_failure(self, request: Request, query: dict) -> Response | None:
@@ -350,7 +391,11 @@ class Daemon:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path, method = url.path, request.method
-        if path == STREAM_PATH and method == "GET":
+        if path == TWILIO_PATH and method == "GET" and self.config.auth_required \
+                and self._token_ok(request, query) is None:
+            # Twilio drops query strings: the token may come in the start message (checked there)
+            return None if self.ready else _json(503, {"error": "shutting down"})
+        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH) and method == "GET":
             denied = self._auth_failure(request, query)
             if denied is None and not self.ready:
                 return _json(503, {"error": "shutting down"})
@@ -375,6 +420,13 @@ class Daemon:
             body = {"ready": self.ready, "embedder": self.engine_info().embedder if self.batcher else None,
                     "index": self.snapshot.info() if self.batcher else None, "active_streams": len(self.streams)}
             return _json(200 if self.ready else 503, body)
+        if path == CALLS_PATH:
+            denied = self._auth_failure(request, query)
+            if denied is not None:
+                return denied
+            return _json(200, {"calls": [st.state.as_dict() for st in self.streams.values() if st.state.ready]})
+        if path == "/monitor":
+            return _response(200, STATIC_MONITOR.read_bytes(), "text/html; charset=utf-8")
         if path in ("/", "/index.html"):
             if STATIC_INDEX.is_file():
                 return _response(200, STATIC_INDEX.read_bytes(), "text/html; charset=utf-8")
@@ -387,7 +439,17 @@ class Daemon:
         sock = ws.transport.get_extra_info("socket")
         if sock is not None:  # bound what a client that stops reading can leave in the kernel
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        stream = Stream(self, ws)
+        url = urlsplit(ws.request.path)
+        query = parse_qs(url.query)
+        if url.path == MONITOR_PATH:
+            await self.monitor_handler(ws, query)
+            return
+        if url.path == TWILIO_PATH:
+            echo = query.get("events", ["0"])[-1].lower() in ("1", "true", "yes")
+            deferred = self.config.auth_required and self._token_ok(ws.request, query) is None
+            stream = Stream(self, ws, source="twilio", echo=echo, token_check=self._valid_token if deferred else None)
+        else:
+            stream = Stream(self, ws)
         if len(self.streams) >= self.config.max_streams or not self.ready:
             err = ProtocolError("server_busy", f"the server serves its maximum of {self.config.max_streams} "
                                                f"streams; try again later" if self.ready else "shutting down")
@@ -404,7 +466,73 @@ class Daemon:
             await stream.run()
         finally:
             del self.streams[stream.session]
+            for s in stream.session.sessions:
+                self.owners.pop(s, None)
             self.metrics.active_streams.dec()
+
+    async def monitor_handler(self, ws: ServerConnection, query: dict) -> None:
+        """``/v1/monitor``: every active stream's events, filtered, through a bounded queue."""
+        seq = 0
+
+        async def refuse(err: ProtocolError) -> None:
+            self.metrics.errors.labels(err.code).inc()
+            ev = {"type": "error", "stream_id": "", "seq": seq, "time": 0.0, "code": err.code,
+                  "message": err.message, "close_code": err.close_code}
+            try:
+                await ws.send(json.dumps(ev))
+                await ws.close(err.close_code, err.code)
+            except ConnectionClosed:
+                pass
+
+        try:
+            flt = parse_monitor_query(query)
+        except ProtocolError as e:
+            await refuse(e)
+            return
+        if len(self.hub.subscribers) >= self.config.max_monitors or not self.ready:
+            await refuse(ProtocolError("server_busy", f"the server serves its maximum of {self.config.max_monitors} "
+                                                      f"monitors" if self.ready else "shutting down"))
+            return
+        sub = self.hub.subscribe(flt)
+
+        def replay() -> None:
+            for st in list(self.streams.values()):
+                for ev in st.state.replay():
+                    sub.offer(ev, json.dumps(ev))
+
+        async def reader() -> None:
+            async for msg in ws:
+                if not isinstance(msg, str):
+                    raise ProtocolError("invalid_message", "a monitor sends only 'subscribe' text messages")
+                sub.filter = parse_subscribe(msg)
+                sub.queue.clear()
+                replay()
+
+        async def writer() -> None:
+            while True:
+                text = await sub.get()
+                if text is None:
+                    await ws.close(1001, "server shutting down")
+                    return
+                async with asyncio.timeout(self.config.write_timeout):
+                    await ws.send(text)
+
+        replay()
+        tasks = [asyncio.create_task(reader()), asyncio.create_task(writer())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if isinstance(exc, ProtocolError):
+                    await refuse(exc)
+                elif isinstance(exc, TimeoutError):
+                    log.warning("monitor does not read its events; dropping it")
+                    self.metrics.errors.labels("slow_consumer").inc()
+                    ws.transport.abort()
+        finally:
+            for t in tasks:
+                t.cancel()
+            self.hub.unsubscribe(sub)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def request_shutdown(self) -> None:
@@ -439,6 +567,10 @@ class Daemon:
         self.metrics.set_index(snap.info())
         self.batcher = Batcher(self.embedder, snap, self._deliver, cfg.max_batch, cfg.max_wait, self.metrics)
         self.batcher.start()
+        if cfg.webhooks:
+            self.webhooks = WebhookSender(list(cfg.webhooks), cfg.webhook_secret, cfg.webhook_timeout,
+                                          metrics=self.metrics)
+            self.webhooks.start()
         origins = [*cfg.allow_origins, None] if cfg.allow_origins else None
         limit = cfg.limits.max_frame_bytes
         try:
@@ -476,6 +608,13 @@ class Daemon:
         self._server.close(close_connections=False)
         for stream in list(self.streams.values()):
             stream.request_shutdown()
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        while self.streams and time.monotonic() < deadline:  # monitors see the streams' summaries
+            await asyncio.sleep(0.05)
+        for sub in list(self.hub.subscribers):
+            sub.close()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         try:
             await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_TIMEOUT)
         except TimeoutError:

@@ -12,7 +12,7 @@ Audio path: PCM bytes -> float -> downmix -> streaming resample to 16 kHz
 
 Decisions read the calibration of the stream's pinned scoring snapshot (the one current
 when the stream started) for the stream's band: ``telephone`` for input sampled at 8 kHz
-or less, else ``wide`` (:mod:`voxguard.bands`).
+or less or G.711-encoded, else ``wide`` (:mod:`voxguard.bands`).
 
 Overload policy: at most ``max_pending`` windows of a stream wait for the embedder;
 when a new window would exceed that, the oldest window not yet taken by the
@@ -32,7 +32,7 @@ import soxr
 
 from voxguard import SAMPLE_RATE
 from voxguard.audio import downmix, pcm_to_float
-from voxguard.bands import TELEPHONE, TELEPHONE_RATE, WIDE
+from voxguard.bands import WIDE, detect_band
 from voxguard.clone_detection import CloneAssessment
 from voxguard.index import SearchResult
 from voxguard.protocol import (PROTOCOL_VERSION, WARNINGS, ProtocolError, Start, Stop,
@@ -214,7 +214,7 @@ class Session:
                                                   quality="HQ")
         self._vad = VoiceActivityDetector(VadConfig(aggressiveness=o.vad_aggressiveness, frame_ms=o.vad_frame_ms))
         self._windows = WindowScheduler(WindowConfig(window_s=o.window, hop_s=o.hop))
-        self.band = TELEPHONE if start.sample_rate <= TELEPHONE_RATE else WIDE
+        self.band = detect_band(None, start.sample_rate, start.encoding)
         snap = self.engine.snapshot
         open_set = snap.open_set_llr("window", self.band)
         # uncalibrated (no calibration and no shipped default): no window ever names a speaker

@@ -8,6 +8,7 @@ else is decoded by ffmpeg.  Resampling uses soxr (high quality).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -89,8 +90,9 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
-               min_duration: float = MIN_DURATION_S) -> Audio:
-    """Decode ``path`` to mono float32 at ``sample_rate``.
+               min_duration: float = MIN_DURATION_S, keep_channels: bool = False) -> Audio:
+    """Decode ``path`` to mono float32 at ``sample_rate`` (``keep_channels``: ``[frames,
+    channels]`` instead, each channel resampled, none mixed).
 
     Raises :class:`AudioError` naming the file when it is missing, empty,
     undecodable, holds non-finite samples, or is shorter than ``min_duration``.
@@ -115,22 +117,43 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
     duration = len(mono) / rate
     if duration < min_duration:
         raise AudioError(p, f"too short: {duration:.3f} s of audio (at least {min_duration:.2f} s needed)")
+    if keep_channels:
+        return Audio(resample(data, rate, sample_rate), sample_rate, rate, channels)
     return Audio(resample(mono, rate, sample_rate), sample_rate, rate, channels)
 
 
 def pcm_to_float(data: bytes, encoding: str, channels: int) -> np.ndarray:
     """Interleaved little-endian PCM bytes -> [frames, channels] float32 in [-1, 1].
 
-    ``encoding`` is ``pcm_s16le`` or ``pcm_f32le``.  The caller checks that the byte
-    count is a whole number of sample frames.
+    ``encoding`` is ``pcm_s16le``, ``pcm_f32le``, or G.711 ``pcm_mulaw`` / ``pcm_alaw``
+    (one byte per sample, decoded by libsndfile).  The caller checks that the byte count
+    is a whole number of sample frames.
     """
     if encoding == "pcm_s16le":
         x = int16_to_float(np.frombuffer(data, dtype="<i2"))
     elif encoding == "pcm_f32le":
         x = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    elif encoding in G711_SUBTYPES:
+        if not data:
+            return np.zeros((0, channels), dtype=np.float32)
+        # the rate only labels the raw "file"; decoding G.711 is per byte and ignores it
+        x, _ = sf.read(io.BytesIO(data), format="RAW", subtype=G711_SUBTYPES[encoding], samplerate=8000,
+                       channels=channels, dtype="float32", always_2d=True)
+        return x
     else:
         raise ValueError(f"unsupported encoding {encoding!r}")
     return x.reshape(-1, channels)
+
+
+G711_SUBTYPES = {"pcm_mulaw": "ULAW", "pcm_alaw": "ALAW"}  # protocol encoding -> libsndfile subtype
+
+
+def float_to_g711(x: np.ndarray, encoding: str) -> bytes:
+    """float samples ([frames] or [frames, channels], in [-1, 1]) -> G.711 bytes (libsndfile)."""
+    buf = io.BytesIO()
+    x = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
+    sf.write(buf, x, 8000, format="RAW", subtype=G711_SUBTYPES[encoding])
+    return buf.getvalue()
 
 
 def int16_to_float(x: np.ndarray) -> np.ndarray:

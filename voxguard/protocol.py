@@ -22,8 +22,12 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 STREAM_PATH = "/v1/stream"
+TWILIO_PATH = "/v1/twilio"  # Twilio Media Streams (docs/telephony.md)
+MONITOR_PATH = "/v1/monitor"  # every active stream's events (docs/protocol.md, "Monitor feed")
 
-ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # encoding -> bytes per sample
+# encoding -> bytes per sample; pcm_mulaw / pcm_alaw are G.711 (ITU-T) 8-bit telephone audio
+ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4, "pcm_mulaw": 1, "pcm_alaw": 1}
+CHANNEL_MODES = ("mix", "separate")  # mix: channels averaged into one voice; separate: one track each
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 CHANNELS = (1, 2)
@@ -32,6 +36,8 @@ MAX_SPEAKER_NAME = 200
 
 # -- client -> server ---------------------------------------------------------------------
 CLIENT_TYPES = ("start", "stop")
+# -- monitor client -> server -------------------------------------------------------------
+MONITOR_TYPES = ("subscribe",)
 # -- server -> client ---------------------------------------------------------------------
 EVENT_TYPES = ("ready", "speech_start", "speech_end", "identity", "verification", "clone_suspicion",
                "warning", "summary", "error")
@@ -49,6 +55,7 @@ class CloseCode:
     INTERNAL = 1011  # server bug
     TRY_AGAIN = 1013  # too many concurrent streams
     BAD_REQUEST = 4400  # protocol misuse (see ERRORS)
+    UNAUTHORIZED = 4401  # Twilio stream whose start message carries no valid token
     NOT_FOUND = 4404  # claimed speaker not enrolled
     IDLE = 4408  # nothing received for the idle timeout
     TOO_LONG = 4413  # stream longer than the maximum duration
@@ -70,6 +77,13 @@ ERRORS: dict[str, ErrorSpec] = {
     "partial_frame": ErrorSpec(CloseCode.BAD_REQUEST,
                                "a binary message is not a whole number of sample frames"),
     "non_finite_audio": ErrorSpec(CloseCode.BAD_REQUEST, "pcm_f32le audio holds NaN or infinite samples"),
+    "unknown_channel": ErrorSpec(CloseCode.BAD_REQUEST,
+                                 "a per-channel claim names a channel the stream does not have"),
+    "unknown_track": ErrorSpec(CloseCode.BAD_REQUEST,
+                               "a Twilio media message names a track its start message did not announce"),
+    "invalid_payload": ErrorSpec(CloseCode.BAD_REQUEST, "a Twilio media payload is not valid base64 audio"),
+    "unauthorized": ErrorSpec(CloseCode.UNAUTHORIZED,
+                              "a Twilio stream opened without a token has no valid customParameters.token"),
     "unsupported_format": ErrorSpec(CloseCode.UNSUPPORTED, "sample rate, encoding or channel count not supported"),
     "frame_too_large": ErrorSpec(CloseCode.TOO_BIG, "a binary message exceeds the server's frame limit"),
     "unknown_speaker": ErrorSpec(CloseCode.NOT_FOUND, "the claimed speaker is not enrolled"),
@@ -124,6 +138,8 @@ class Start:
     stream_id: str
     claimed_speaker: str | None = None
     options: StreamOptions = field(default_factory=StreamOptions)
+    channel_mode: str = "mix"
+    claimed_speakers: dict[int, str] = field(default_factory=dict)  # separate mode: channel -> claim
 
     @property
     def frame_bytes(self) -> int:
@@ -135,6 +151,10 @@ class Start:
                              "channels": self.channels, "stream_id": self.stream_id}
         if self.claimed_speaker is not None:
             d["claimed_speaker"] = self.claimed_speaker
+        if self.channel_mode != "mix":
+            d["channel_mode"] = self.channel_mode
+        if self.claimed_speakers:
+            d["claimed_speakers"] = {str(c): n for c, n in sorted(self.claimed_speakers.items())}
         opts = asdict(self.options)
         defaults = asdict(StreamOptions())
         changed = {k: v for k, v in opts.items() if v != defaults[k]}
@@ -194,7 +214,8 @@ def _parse_options(raw: Any) -> StreamOptions:
 
 
 def _parse_start(d: dict) -> Start:
-    allowed = {"type", "sample_rate", "encoding", "channels", "stream_id", "claimed_speaker", "options"}
+    allowed = {"type", "sample_rate", "encoding", "channels", "stream_id", "claimed_speaker", "options",
+               "channel_mode", "claimed_speakers"}
     unknown = set(d) - allowed
     if unknown:
         raise ProtocolError("invalid_message", f"unknown field(s) in start: {', '.join(sorted(unknown))}")
@@ -219,7 +240,40 @@ def _parse_start(d: dict) -> Start:
     if claimed is not None and (not isinstance(claimed, str) or not 1 <= len(claimed) <= MAX_SPEAKER_NAME):
         raise ProtocolError("invalid_message",
                             f"'claimed_speaker' must be null or a string of 1 to {MAX_SPEAKER_NAME} characters")
-    return Start(rate, enc, channels, sid, claimed, _parse_options(d.get("options")))
+    mode = d.get("channel_mode", "mix")
+    if mode not in CHANNEL_MODES:
+        raise ProtocolError("invalid_message",
+                            f"unknown channel_mode {mode!r}; use one of: {', '.join(CHANNEL_MODES)}")
+    claims = _parse_claims(d.get("claimed_speakers"), channels)
+    if claims and mode != "separate":
+        raise ProtocolError("invalid_message", "'claimed_speakers' needs \"channel_mode\": \"separate\" "
+                                               "(a mixed stream has one voice: use 'claimed_speaker')")
+    if claimed is not None and mode == "separate":
+        raise ProtocolError("invalid_message", "with \"channel_mode\": \"separate\" claim per channel "
+                                               "with 'claimed_speakers', e.g. {\"0\": \"alice\"}")
+    return Start(rate, enc, channels, sid, claimed, _parse_options(d.get("options")), mode, claims)
+
+
+def _parse_claims(raw: Any, channels: int) -> dict[int, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ProtocolError("invalid_message", "'claimed_speakers' must be an object: channel number -> speaker")
+    claims: dict[int, str] = {}
+    for key, name in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) <= 3):
+            raise ProtocolError("invalid_message", f"'claimed_speakers' key {key!r} is not a channel number")
+        ch = int(key)
+        if ch >= channels:
+            raise ProtocolError("unknown_channel", f"a claim for channel {ch}, but the stream has {channels} "
+                                                   f"channel(s) (numbered from 0)")
+        if name is None:
+            continue
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_SPEAKER_NAME:
+            raise ProtocolError("invalid_message", f"'claimed_speakers' values must be null or strings of 1 to "
+                                                   f"{MAX_SPEAKER_NAME} characters")
+        claims[ch] = name
+    return claims
 
 
 def parse_client_text(text: str) -> ClientMessage:
@@ -248,6 +302,89 @@ def parse_event(text: str) -> dict:
     return d
 
 
+@dataclass(frozen=True)
+class MonitorFilter:
+    """Which events a ``/v1/monitor`` subscriber receives; an empty set matches everything.
+    ``min_clone_level`` holds back ``clone_suspicion`` events below that level."""
+
+    stream_ids: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+    min_clone_level: str = "none"
+
+    def matches(self, event: dict) -> bool:
+        if self.stream_ids and event.get("stream_id") not in self.stream_ids:
+            return False
+        if self.types and event.get("type") not in self.types:
+            return False
+        if event.get("type") == "clone_suspicion" and self.min_clone_level != "none":
+            level = event.get("level", "none")
+            rank = CLONE_LEVELS.index(level) if level in CLONE_LEVELS else 0
+            return rank >= CLONE_LEVELS.index(self.min_clone_level)
+        return True
+
+    def to_query(self) -> dict[str, str]:
+        """Query-string form (``/v1/monitor?stream_id=a,b&types=identity&min_clone_level=medium``)."""
+        q = {}
+        if self.stream_ids:
+            q["stream_id"] = ",".join(sorted(self.stream_ids))
+        if self.types:
+            q["types"] = ",".join(sorted(self.types))
+        if self.min_clone_level != "none":
+            q["min_clone_level"] = self.min_clone_level
+        return q
+
+    def to_json(self) -> str:
+        return json.dumps({"type": "subscribe", "stream_ids": sorted(self.stream_ids), "types": sorted(self.types),
+                           "min_clone_level": self.min_clone_level})
+
+
+def _monitor_filter(stream_ids: list, types: list, level: Any) -> MonitorFilter:
+    for sid in stream_ids:
+        if not isinstance(sid, str) or not 1 <= len(sid) <= MAX_STREAM_ID:
+            raise ProtocolError("invalid_message", f"stream ids must be strings of 1 to {MAX_STREAM_ID} characters")
+    bad = [t for t in types if t not in EVENT_TYPES]
+    if bad:
+        raise ProtocolError("invalid_message", f"unknown event type(s) {bad}; use: {', '.join(EVENT_TYPES)}")
+    if level not in CLONE_LEVELS:
+        raise ProtocolError("invalid_message",
+                            f"unknown min_clone_level {level!r}; use one of: {', '.join(CLONE_LEVELS)}")
+    return MonitorFilter(frozenset(stream_ids), frozenset(types), level)
+
+
+def parse_monitor_query(query: dict[str, list[str]]) -> MonitorFilter:
+    """The filter of a ``/v1/monitor`` URL's query (``parse_qs`` form); ``token`` is ignored."""
+    unknown = set(query) - {"token", "stream_id", "types", "min_clone_level"}
+    if unknown:
+        raise ProtocolError("invalid_message", f"unknown monitor parameter(s): {', '.join(sorted(unknown))}; "
+                                               f"use stream_id, types, min_clone_level")
+
+    def split(key: str) -> list[str]:
+        return [p for v in query.get(key, []) for p in v.split(",") if p]
+
+    levels = query.get("min_clone_level", ["none"])
+    return _monitor_filter(split("stream_id"), split("types"), levels[-1])
+
+
+def parse_subscribe(text: str) -> MonitorFilter:
+    """A monitor's ``subscribe`` message (replaces its filter); raises :class:`ProtocolError`."""
+    try:
+        d = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ProtocolError("invalid_json", f"text message is not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ProtocolError("invalid_json", "a text message must be a JSON object")
+    if d.get("type") not in MONITOR_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {d.get('type')!r}; a monitor sends only "
+                                            f"'subscribe'")
+    unknown = set(d) - {"type", "stream_ids", "types", "min_clone_level"}
+    if unknown:
+        raise ProtocolError("invalid_message", f"unknown field(s) in subscribe: {', '.join(sorted(unknown))}")
+    ids, types = d.get("stream_ids", []), d.get("types", [])
+    if not isinstance(ids, list) or not isinstance(types, list):
+        raise ProtocolError("invalid_message", "'stream_ids' and 'types' must be arrays")
+    return _monitor_filter(ids, types, d.get("min_clone_level", "none"))
+
+
 # -- JSON schemas (draft 2020-12), the same as in docs/protocol.md ------------------------------
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -260,7 +397,8 @@ _CALIBRATION_LABEL = {"type": ["string", "null"]}
 
 def _event(type_: str, props: dict, required: list[str]) -> dict:
     base = {"type": {"const": type_}, "stream_id": {"type": "string"},
-            "seq": {"type": "integer", "minimum": 0}, "time": {"type": "number", "minimum": 0}}
+            "seq": {"type": "integer", "minimum": 0}, "time": {"type": "number", "minimum": 0},
+            "channel": {"type": "integer", "minimum": 0}}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": type_, "type": "object",
             "required": ["type", "stream_id", "seq", "time", *required], "properties": {**base, **props}}
 
@@ -280,6 +418,10 @@ SCHEMAS: dict[str, dict] = {
             "channels": {"enum": list(CHANNELS)},
             "stream_id": {"type": "string", "minLength": 1, "maxLength": MAX_STREAM_ID},
             "claimed_speaker": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_SPEAKER_NAME},
+            "channel_mode": {"enum": list(CHANNEL_MODES)},
+            "claimed_speakers": {"type": "object", "propertyNames": {"pattern": "^[0-9]{1,3}$"},
+                                 "additionalProperties": {"type": ["string", "null"], "minLength": 1,
+                                                          "maxLength": MAX_SPEAKER_NAME}},
             "options": {"type": "object", "additionalProperties": False, "properties": {
                 "window": {"type": "number", "minimum": 0.5, "maximum": 10},
                 "hop": {"type": "number", "minimum": 0.1, "maximum": 10},
@@ -288,6 +430,13 @@ SCHEMAS: dict[str, dict] = {
                 "top_k": {"type": "integer", "minimum": 1, "maximum": 20}}}}},
     "stop": {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "stop", "type": "object",
              "required": ["type"], "additionalProperties": False, "properties": {"type": {"const": "stop"}}},
+    "subscribe": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "subscribe", "type": "object",
+        "required": ["type"], "additionalProperties": False, "properties": {
+            "type": {"const": "subscribe"},
+            "stream_ids": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": MAX_STREAM_ID}},
+            "types": {"type": "array", "items": {"enum": list(EVENT_TYPES)}},
+            "min_clone_level": {"enum": list(CLONE_LEVELS)}}},
     "ready": _event("ready", {
         "protocol_version": {"const": PROTOCOL_VERSION},
         "embedder": {"type": "object", "required": ["name", "dim", "version", "device"]},
@@ -301,7 +450,10 @@ SCHEMAS: dict[str, dict] = {
         "decision": {"type": "object", "required": ["enter_windows", "exit_windows"]},
         "input": {"type": "object", "required": ["sample_rate", "encoding", "channels"]},
         "options": {"type": "object"},
-        "claimed_speaker": _STR_OR_NULL}, ["protocol_version", "embedder", "index", "thresholds", "options"]),
+        "claimed_speaker": _STR_OR_NULL,
+        "channel_mode": {"enum": list(CHANNEL_MODES)},
+        "claimed_speakers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "channel_names": {"type": "array", "items": {"type": "string"}}}, ["protocol_version", "embedder", "index", "thresholds", "options"]),
     "speech_start": _event("speech_start", {}, []),
     "speech_end": _event("speech_end", {"duration": _NUM}, ["duration"]),
     "identity": _event("identity", {
@@ -339,14 +491,21 @@ SCHEMAS: dict[str, dict] = {
         "duration": _NUM, "speech_duration": _NUM, "speech_ratio": _NUM,
         "band": {"enum": ["wide", "telephone"]},
         "windows": {"type": "object", "required": ["emitted", "scored", "dropped"]},
-        "identity": {"type": "object", "required": ["speaker", "score", "top", "decision"],
+        "identity": {"type": ["object", "null"], "required": ["speaker", "score", "top", "decision"],
                      "properties": {"speaker": _STR_OR_NULL, "best": _STR_OR_NULL, "score": _NUM_OR_NULL,
                                     "llr": _NUM_OR_NULL, "threshold_llr": _NUM_OR_NULL,
                                     "calibration": _CALIBRATION_LABEL,
                                     "speakers_heard": {"type": "array", "items": {
                                         "type": "object", "required": ["speaker", "windows"]}}}},
         "verification": {"type": ["object", "null"]},
-        "clone": {"type": "object", "required": ["max_score", "max_level", "suspicious_windows"]}},
+        "clone": {"type": ["object", "null"], "required": ["max_score", "max_level", "suspicious_windows"]},
+        "channel_mode": {"enum": list(CHANNEL_MODES)},
+        "channels": {"type": "array", "items": {
+            "type": "object",
+            "required": ["channel", "duration", "speech_duration", "windows", "identity", "verification", "clone"],
+            "properties": {"channel": {"type": "integer", "minimum": 0}, "name": {"type": "string"},
+                           "identity": {"type": "object"}, "verification": {"type": ["object", "null"]},
+                           "clone": {"type": "object"}}}}},
         ["reason", "duration", "speech_duration", "speech_ratio", "windows", "identity", "verification", "clone"]),
     "error": _event("error", {"code": {"enum": list(ERRORS)}, "message": {"type": "string"},
                               "close_code": {"type": "integer"}}, ["code", "message", "close_code"]),
