@@ -104,3 +104,17 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(30)
+
+
+def fake_engine(speakers: frozenset[str] | set[str]):
+    """An engine with enrolled ``speakers`` and no index, embedder or calibration: enough for
+    everything a stream does before its windows are scored."""
+    from voxguard.clone_detection import CloneDetector
+    from voxguard.daemon.session import EngineInfo
+    from voxguard.daemon.snapshot import ScoringSnapshot
+    from voxguard.scoring import Calibration, Thresholds
+
+    th = Thresholds(float("inf"), "uncalibrated")
+    snap = ScoringSnapshot(th, CloneDetector(th), None, Calibration.uncalibrated("resemblyzer", "test"),
+                           _rows={s: i for i, s in enumerate(sorted(speakers))})
+    return EngineInfo(embedder={"name": "resemblyzer", "dim": 256, "version": "x", "device": "cpu"}, snapshot=snap)

@@ -11,19 +11,17 @@ import jsonschema
 import numpy as np
 import pytest
 from conftest import speech_like
+from daemon_support import fake_engine
 
 from voxguard.audio import float_to_g711, float_to_int16, pcm_to_float, resample
 from voxguard.daemon.alerts import AlertRules, sign
 from voxguard.daemon.call import CallSession
 from voxguard.daemon.metrics import DaemonMetrics
 from voxguard.daemon.monitor import CallState, MonitorHub
-from voxguard.daemon.session import EngineInfo
 from voxguard.daemon.twilio import TwilioAdapter
 from voxguard.protocol import SCHEMAS, MonitorFilter, ProtocolError, parse_monitor_query, parse_subscribe
 
-ENGINE = EngineInfo(embedder={"name": "resemblyzer", "dim": 256, "version": "x", "device": "cpu"},
-                    index={"enrolled_speakers": 2, "samples": 2, "revision": 1, "store_id": "s"},
-                    thresholds={"accept": 0.7, "source": "default"}, speakers=frozenset({"alice", "bob"}))
+ENGINE = fake_engine({"alice", "bob"})
 
 
 def start(call: CallSession, **over) -> list[dict]:

@@ -7,23 +7,18 @@ import json
 import numpy as np
 import pytest
 from conftest import speech_like
-from daemon_support import build_store, held_out
+from daemon_support import build_store, fake_engine, held_out
 
 from voxguard.audio import load_audio, resample
 from voxguard.daemon.batcher import Batcher
 from voxguard.daemon.decisions import CloneTracker, IdentityTracker, VerificationTracker, verdict
 from voxguard.daemon.session import EngineInfo, Session, SessionLimits
-from voxguard.clone_detection import CloneDetector
-from voxguard.daemon.snapshot import ScoringSnapshot, load_snapshot
+from voxguard.daemon.snapshot import load_snapshot
 from voxguard.llr import calibrate_trials
-from voxguard.scoring import Calibration, Thresholds
 from voxguard.protocol import ProtocolError
 from voxguard.windows import speech_windows
 
-_TH = Thresholds(float("inf"), "uncalibrated")
-ENGINE = EngineInfo(embedder={"name": "resemblyzer", "dim": 256, "version": "x", "device": "cpu"},
-                    snapshot=ScoringSnapshot(_TH, CloneDetector(_TH), None,
-                                             Calibration.uncalibrated("resemblyzer", "test"), _rows={"alice": 0}))
+ENGINE = fake_engine({"alice"})
 
 
 def start(session: Session, **over) -> list[dict]:
