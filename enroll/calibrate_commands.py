@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..backend import BACKEND_NAMES
 from ..errors import VoxguardError
-from .calibration import DEFAULT_BACKEND, DEFAULT_OPEN_SET_ALPHA, CalibrationConfig
+from .calibration import DEFAULT_BACKEND, DEFAULT_MODEL_UTTERANCES, DEFAULT_OPEN_SET_ALPHA, CalibrationConfig
 
 
 def _backend_options(p) -> None:
@@ -31,7 +31,8 @@ def _config(a) -> CalibrationConfig:
     cfg = CalibrationConfig(backend=a.backend, far_target=a.far, accept_rule=getattr(a, "accept", "far"),
                             shrinkage=a.shrinkage, lda_dims=a.lda_dims, asnorm_top=a.cohort_top,
                             folds=a.folds, seed=a.seed,
-                            open_set_alpha=getattr(a, "open_set_rate", DEFAULT_OPEN_SET_ALPHA))
+                            open_set_alpha=getattr(a, "open_set_rate", DEFAULT_OPEN_SET_ALPHA),
+                            model_utterances=getattr(a, "model_utterances", DEFAULT_MODEL_UTTERANCES) or None)
     cfg.check()
     return cfg
 
@@ -54,6 +55,9 @@ def register(sub, common) -> None:
     p.add_argument("--open-set-rate", type=float, default=DEFAULT_OPEN_SET_ALPHA, metavar="RATE",
                    help="open-set identification: the chance that a speaker who is not enrolled is named "
                         f"(default {DEFAULT_OPEN_SET_ALPHA})")
+    p.add_argument("--model-utterances", type=int, default=DEFAULT_MODEL_UTTERANCES, metavar="N",
+                   help="speaker models in the decision trials are the mean of N utterances, as an enrollment of "
+                        f"N recordings (default {DEFAULT_MODEL_UTTERANCES}; 0 = all of a speaker's samples)")
     p.add_argument("--export", metavar="FILE",
                    help="also write the calibration record as JSON (with --backend cosine: the format of the "
                         "default calibration shipped in the package; see scripts/make_default_calibration.sh)")

@@ -39,6 +39,7 @@ DEFAULT_BACKEND = "wccn+asnorm"  # measured best on AN4 (see README: Calibration
 CALIBRATION_VERSION = 2
 DECISIONS_VERSION = 1
 DEFAULT_OPEN_SET_ALPHA = 0.02
+DEFAULT_MODEL_UTTERANCES = 5
 ASNORM_BOUND_PERCENTILE = 5.0
 MIN_BIN_TARGETS = 30  # a trial length (session n, utterance window bin) is calibrated on its own
 MIN_BIN_NONTARGETS = 300  # only with at least these many trials
@@ -63,6 +64,8 @@ class CalibrationConfig:
     seed: int = 0
     open_set_alpha: float = DEFAULT_OPEN_SET_ALPHA  # chance an unenrolled speaker is named (open-set identification)
     asnorm_bound: bool = True  # bound AS-norm statistics by the cohort's own (see voxguard.backend)
+    # decision trials: speaker models of this many utterances (a typical enrollment; None = all)
+    model_utterances: int | None = DEFAULT_MODEL_UTTERANCES
 
     def check(self) -> None:
         try:
@@ -81,6 +84,8 @@ class CalibrationConfig:
             raise CalibrationError("the AS-norm cohort needs at least 2 rows")
         if self.folds < 2:
             raise CalibrationError("cross-fitting needs at least 2 folds")
+        if self.model_utterances is not None and self.model_utterances < 1:
+            raise CalibrationError("speaker models need at least 1 utterance")
         if not 0 < self.open_set_alpha < 0.5:
             raise CalibrationError("the open-set false-identification rate must be between 0 and 0.5")
 
@@ -259,7 +264,8 @@ def cross_fitted_trials(config: CalibrationConfig, inp: "CalibrationInput") -> t
         cheld = sel(inp.clone_spk) if len(inp.clone_spk) else np.zeros(0, dtype=bool)
         legacy = model_trials(backend, inp.gen_x[held], inp.gen_spk[held], inp.clone_x[cheld], inp.clone_spk[cheld])
         be = backend or ScoreBackend("cosine")
-        per_band = {band: band_trials(be, b.select(sel(b.spk)), rng) for band, b in inp.bands.items()}
+        per_band = {band: band_trials(be, b.select(sel(b.spk)), rng, model_utterances=config.model_utterances)
+                    for band, b in inp.bands.items()}
         return legacy, per_band
 
     if transform == "cosine" and not asnorm:
@@ -438,7 +444,7 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
                            "leave-one-out for the same speaker)",
                    "cross_fit_folds": folds, "seed": config.seed},
         "thresholds": thresholds,
-        "decisions": decisions,
+        "decisions": {**decisions, "model_utterances": config.model_utterances},
         "distributions": {"same": summarise(trials.same), "different": summarise(trials.different),
                           "clone": summarise(trials.clone)},
         "cosine_reference": {"eer": cos_eer["eer"], "eer_threshold": cos_eer["threshold"],

@@ -17,7 +17,10 @@ scoring backend, :func:`band_trials` returns target and non-target scores of:
   different-speaker pairs).
 
 Speaker models are the normalised mean of a speaker's utterance embeddings, as in the
-index.  The caller scores a group with a backend that never saw it (cross-fitting).
+index — of as many utterances as an enrollment is expected to hold
+(``CalibrationConfig.model_utterances``), since a model of 12 recordings scores its
+speaker higher than one of 5.  The caller scores a group with a backend that never saw it
+(cross-fitting).
 """
 
 from __future__ import annotations
@@ -53,25 +56,39 @@ class BandSamples:
 Trials = dict[str, tuple[np.ndarray, np.ndarray]]  # trial type (session: "session:<n>") -> (targets, non-targets)
 
 
-def _models(utt: np.ndarray, spk: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    names, own = np.unique(spk, return_inverse=True)
-    sums = np.zeros((len(names), utt.shape[1]), dtype=np.float64)
-    np.add.at(sums, own, utt)
-    return [str(n) for n in names], own, sums, l2_normalise(sums)
+def speaker_models(utt: np.ndarray, own: np.ndarray, n_speakers: int, rng: np.random.Generator,
+                   model_utterances: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each speaker's model, and each utterance's own speaker's model without it: the
+    normalised mean of ``model_utterances`` of the speaker's utterances drawn at random
+    (all of them when ``None``), as an enrollment of that many recordings would give."""
+    models = np.zeros((n_speakers, utt.shape[1]))
+    loo = np.zeros_like(utt, dtype=np.float64)
+    for s in range(n_speakers):
+        rows = np.flatnonzero(own == s)
+        k = len(rows) if model_utterances is None else min(model_utterances, len(rows))
+        models[s] = utt[rng.choice(rows, k, replace=False)].sum(axis=0)
+        for r in rows:
+            rest = rows[rows != r]
+            if len(rest):
+                kk = len(rest) if model_utterances is None else min(model_utterances, len(rest))
+                loo[r] = utt[rng.choice(rest, kk, replace=False)].sum(axis=0)
+    return l2_normalise(models), l2_normalise(loo)
 
 
 def band_trials(backend: ScoreBackend, data: BandSamples, rng: np.random.Generator,
-                pairs: bool = True) -> Trials:
-    """Every trial type among the speakers of ``data`` (see the module docstring)."""
-    names, own, sums, models = _models(data.utt, data.spk)
+                pairs: bool = True, model_utterances: int | None = None) -> Trials:
+    """Every trial type among the speakers of ``data`` (see the module docstring); speaker
+    models are built from ``model_utterances`` utterances (see :func:`speaker_models`)."""
+    names, own = np.unique(data.spk, return_inverse=True)
+    names = [str(n) for n in names]
     counts = np.bincount(own, minlength=len(names))
+    models, loo = speaker_models(data.utt, own, len(names), rng, model_utterances)
     out: Trials = {}
     # utterance vs model
     full = backend.score(data.utt, models, names)
     other = np.ones_like(full, dtype=bool)
     other[np.arange(len(own)), own] = False
     ok = counts[own] >= 2
-    loo = l2_normalise(sums[own] - data.utt)  # each utterance's own model without it
     same = backend.score_pairs(data.utt[ok], loo[ok], [names[i] for i in own[ok]])
     out["utterance"] = (same, full[other])
     if data.windows is not None:
