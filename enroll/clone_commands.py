@@ -22,11 +22,13 @@ def register(sub, common) -> None:
                "  vocoder   WORLD resynthesis of SPEAKER's own recordings (--pitch-range, --tempo-range)\n"
                "  convert   WORLD voice conversion of other speech towards SPEAKER: --source FILE,\n"
                "            --source-speaker NAME, or --text (espeak-ng); default: other speakers' recordings\n"
+               "  griffinlim  SPEAKER's recordings -> log-mel -> Griffin-Lim (--gl-iterations, --tempo-range)\n"
+               "  espeak    espeak-ng formant speech at SPEAKER's pitch, no conversion (--text, --espeak-voice)\n"
                "  nemo-tts  NeMo FastPitch + HiFi-GAN (--fastpitch F.nemo --hifigan H.nemo [--tts-speaker ID])\n"
                "  command   an external tool: --command 'tool --ref {ref} --text {text} --out {out}' [--timeout S]")
     p.add_argument("speaker")
     p.add_argument("--backend", "-b", default="vocoder", metavar="B",
-                   help="vocoder (default), convert, nemo-tts or command")
+                   help="vocoder (default), convert, griffinlim, espeak, nemo-tts or command")
     p.add_argument("--count", "-n", type=int, default=4, help="how many clones (default 4)")
     p.add_argument("--text", action="append", metavar="TEXT",
                    help="sentence to say (repeatable; text-driven backends; default: Harvard sentences)")
@@ -40,7 +42,9 @@ def register(sub, common) -> None:
     g = p.add_argument_group("convert")
     g.add_argument("--source", action="append", metavar="FILE", help="source recording to convert (repeatable)")
     g.add_argument("--source-speaker", metavar="NAME", help="convert this enrolled speaker's recordings")
-    g.add_argument("--espeak-voice", metavar="VOICE", help="espeak-ng voice for --text (default en-us)")
+    g.add_argument("--espeak-voice", metavar="VOICE", help="espeak-ng voice for --text and the espeak backend (default en-us)")
+    g = p.add_argument_group("griffinlim")
+    g.add_argument("--gl-iterations", type=int, help="Griffin-Lim iterations (default 32)")
     g = p.add_argument_group("nemo-tts")
     g.add_argument("--fastpitch", metavar="NEMO", help="FastPitch .nemo checkpoint (speaker-conditioned or adapted)")
     g.add_argument("--hifigan", metavar="NEMO", help="HiFi-GAN .nemo checkpoint")
@@ -53,10 +57,12 @@ def register(sub, common) -> None:
 
     p = sub.add_parser(
         "check", parents=[common], help="is FILE a clone of an enrolled speaker?",
-        description="Identify the speaker of FILE and score how likely it is a clone: known clones "
-                    "among the nearest stored samples, the clone band of the calibrated thresholds and "
-                    "the synthetic-speech countermeasure, fused into one score in [0, 1] with a level "
-                    "(none, low, medium, high). Exit 0 whatever the verdict.")
+        description="Identify the speaker of FILE and weigh the evidence that it is a clone: the "
+                    "synthetic-speech countermeasure, the same relative to the speaker's own genuine audio, "
+                    "the distance from the speaker's genuine samples, known clones among the nearest stored "
+                    "samples. Prints the clone LLR, each evidence's value and contribution, and a level "
+                    "(none, low, medium, high; unavailable without known clones or a trained detector). "
+                    "Exit 0 whatever the verdict.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--claimed", metavar="SPEAKER", help="the speaker the caller claims to be")
     p.set_defaults(func=cmd_check)
@@ -65,6 +71,8 @@ def register(sub, common) -> None:
 BACKEND_OPTIONS = {
     "vocoder": ("pitch_range", "tempo_range", "f0_method"),
     "convert": ("f0_method", "espeak_voice"),
+    "griffinlim": ("gl_iterations", "tempo_range"),
+    "espeak": ("espeak_voice",),
     "nemo-tts": ("fastpitch", "hifigan", "tts_speaker", "pace"),
     "command": ("command", "timeout"),
 }
@@ -180,7 +188,27 @@ def check_recording(store, embedder, samples, claimed: str | None = None) -> dic
         "claimed": claim,
         "clone": assessment.as_dict(),
         "detector": detector.source,
+        "detector_available": detector.available,
     }
+
+
+def clone_lines(cl: dict, detector: str) -> list[str]:
+    """The clone part of ``voxguard check``'s text: level, LLR and every evidence's share of it."""
+    ev = cl["evidence"]
+    if cl["level"] == "unavailable":
+        return [f"clone:   UNAVAILABLE ({detector}): {ev.get('reason')}"]
+    out = [f"clone:   {cl['level'].upper()}  LLR {cl['llr']:+.2f} (score {cl['score']:.3f}) about {cl['speaker']} "
+           f"({detector} detector)"]
+    values, contrib = ev.get("values", {}), ev.get("contributions", {})
+    if "intercept" in ev:
+        out.append(f"  {'base (intercept)':<18} {'':>9}  {ev['intercept']:+7.2f}")
+    for k, v in values.items():
+        out.append(f"  {k:<18} {v:>9.4f}  {contrib.get(k, 0.0):+7.2f}")
+    if not values:
+        out.append("  no evidence about this speaker (no known clone among the nearest samples)")
+    rest = {k: v for k, v in ev.items() if k not in ("values", "contributions", "intercept")}
+    out.append("  " + ", ".join(f"{k}={v}" for k, v in rest.items()))
+    return out
 
 
 def cmd_check(ctx) -> int:
@@ -198,8 +226,6 @@ def cmd_check(ctx) -> int:
         c = data["claimed"]
         lines.append(f"claimed: {c['speaker']}  score {c['score'] if c['score'] is not None else '-'}  "
                      f"{'accepted' if c['accepted'] else 'REJECTED'}")
-    lines.append(f"clone:   {cl['level'].upper()}  score {cl['score']:.3f} about {cl['speaker']} "
-                 f"({data['detector']} detector)")
-    lines.append("evidence: " + ", ".join(f"{k}={v}" for k, v in cl["evidence"].items()))
+    lines += clone_lines(cl, data["detector"])
     ctx.emit(data, "\n".join(lines))
     return 0
