@@ -127,7 +127,7 @@ class Batcher:
         found = snap.search(np.concatenate([vecs, session_vecs]), k)
         win_res, ses_res = found[: len(batch)], found[len(batch):]
         claimed = [j.claimed for j in batch]
-        clones = snap.detector.assess_batch(win_res, claimed, [j.samples for j in batch])
+        clones = snap.detector.assess_batch(win_res, claimed, [j.samples for j in batch], window=True)
         t2 = time.perf_counter()
         out = []
         for i, job in enumerate(batch):

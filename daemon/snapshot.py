@@ -73,7 +73,7 @@ def load_snapshot(store_path: str | Path, identity: EmbedderIdentity, use_gpu: b
     if not path.exists():
         log.warning("no store at %s yet: serving with no enrolled speakers", path)
         th = default_thresholds(identity.name)
-        return ScoringSnapshot(th, CloneDetector(th), store_path=str(path))
+        return ScoringSnapshot(th, CloneDetector.unavailable(th, "no store"), store_path=str(path))
     with SpeakerStore(path, create=False) as store:
         store.check_embedder(identity)
         index = SpeakerIndex.for_store(store, use_gpu=use_gpu)
