@@ -67,6 +67,29 @@ def register(sub, common) -> None:
     p.add_argument("--claimed", metavar="SPEAKER", help="the speaker the caller claims to be")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser(
+        "evaluate-clones", parents=[common], help="speaker- and channel-disjoint clone-detection report",
+        description="Train the clone detector on all but --heldout speakers (their first --enroll genuine samples "
+                    "stay enrolled, the rest are test recordings), make clones of the held-out speakers in every "
+                    "spoof family, play everything clean and through the held-out channel simulations, and report "
+                    "false alarms (per utterance, window and hour of streamed speech), detection per family, per "
+                    "channel, per window and per session, leave-one-family-out, the countermeasure models "
+                    "compared, and figures. Reads the store, never changes it.")
+    p.add_argument("--heldout", type=int, default=10, help="held-out speakers (default 10)")
+    p.add_argument("--enroll", type=int, default=5, help="enrolled samples per held-out speaker (default 5)")
+    p.add_argument("--clones-per-family", type=int, default=None, help="training clones per family per speaker")
+    p.add_argument("--test-clones", type=int, default=2, help="test clones per family per held-out speaker (default 2)")
+    p.add_argument("--models", nargs="+", default=["lfcc-gmm"], metavar="MODEL",
+                   help="countermeasure models to compare: lfcc-gmm, lfcc-cnn (default lfcc-gmm)")
+    p.add_argument("--components", type=int, default=None, help="GMM components (default: the library's)")
+    p.add_argument("--no-lofo", action="store_true", help="skip leave-one-family-out (one training per family)")
+    p.add_argument("--long-hours", type=float, default=100.0, help="hours of resampled genuine calls (default 100)")
+    p.add_argument("--channels", nargs="+", metavar="CHANNEL",
+                   help="held-out channel simulations to test through (default: all of voxguard.channels.HELDOUT_CHANNELS)")
+    p.add_argument("--figures", metavar="DIR", help="write the LLR distributions by family and channel (PNG + SVG)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate_clones)
+
 
 BACKEND_OPTIONS = {
     "vocoder": ("pitch_range", "tempo_range", "f0_method"),
@@ -229,3 +252,66 @@ def cmd_check(ctx) -> int:
     lines += clone_lines(cl, data["detector"])
     ctx.emit(data, "\n".join(lines))
     return 0
+
+
+def cmd_evaluate_clones(ctx) -> int:
+    import sys
+
+    from .clone_evaluation import evaluate_clones
+    from .clone_training import DEFAULT_CLONES_PER_FAMILY, DEFAULT_COMPONENTS, MODELS
+
+    a = ctx.args
+    bad = [m for m in a.models if m not in MODELS]
+    if bad:
+        raise VoxguardError(f"unknown countermeasure model(s) {', '.join(bad)} (choose from {', '.join(MODELS)})")
+    from ..channels import HELDOUT_CHANNELS, TRAIN_CHANNELS, channel
+
+    for c in a.channels or ():
+        try:
+            channel(c)
+        except ValueError as e:
+            raise VoxguardError(str(e)) from None
+        if c in TRAIN_CHANNELS:
+            raise VoxguardError(f"{c} is a training channel: test channels must be held out of training")
+    if a.figures:
+        from .figures import check_output_dir
+
+        check_output_dir(a.figures)
+    progress = (lambda m: print(m, file=sys.stderr, flush=True)) if getattr(a, "verbose", 0) else None
+    with ctx.open_store(readonly=True) as store:
+        report = evaluate_clones(store, ctx.embedder(store), a.heldout, a.enroll, a.seed,
+                                 a.clones_per_family or DEFAULT_CLONES_PER_FAMILY, a.test_clones,
+                                 a.components or DEFAULT_COMPONENTS, a.models, not a.no_lofo,
+                                 channels=tuple(a.channels or HELDOUT_CHANNELS), figures=a.figures, long_hours=a.long_hours, progress=progress)
+    ctx.emit(report, clone_report_text(report))
+    return 0
+
+
+def clone_report_text(r: dict) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    best = r["models"][r["best_model"]]
+    u, w, s = best["utterances"], best["windows"], best["sessions"]
+    lines = [f"held-out speakers {r['speakers']['heldout']} (trained on {r['speakers']['train']}); "
+             f"test channels: clean + {', '.join(r['channels']['heldout'])}",
+             "models: " + ", ".join(f"{m} {pct(v['mean_family_detection_at_1pct_fa'])} mean detection at 1 % FA"
+                                    for m, v in r["models"].items()) + f"  -> {r['best_model']}",
+             f"genuine, held-out channels: {u['genuine_heldout_channels']} utterances, false alarms medium/high "
+             f"{pct(u['false_alarm_medium_or_high'])} (high {pct(u['false_alarm_high'])}); windows "
+             f"{pct(w['false_alarm_medium_or_high'])}",
+             f"streamed genuine speech: {s['genuine_alarms_medium_or_high']} alarm(s) in {s['genuine_hours']:.2f} h"
+             + (f"; resampled {r['long_streams']['hours']} h: {r['long_streams']['alarms_medium_or_high']} alarm(s)"
+                if r.get("long_streams") else ""),
+             f"{'family':<14} {'medium+':>8} {'@1%FA':>8} {'window@1%':>10} {'session':>8} {'LOFO':>8}"]
+    lofo = r.get("leave_one_family_out", {})
+    for fam, v in u["per_family"].items():
+        lines.append(f"{fam:<14} {pct(v['detected_medium_or_high']):>8} {pct(v['detection_at_1pct_fa']):>8} "
+                     f"{pct(w['per_family_detection_at_1pct_fa'].get(fam)):>10} "
+                     f"{pct(s['per_family'].get(fam, {}).get('detected_medium_or_high')):>8} "
+                     f"{pct(lofo.get(fam, {}).get('detected_medium_or_high')):>8}")
+    lines.append("detection at 1 % FA per channel:")
+    for ch, v in u["per_channel_detection_at_1pct_fa"].items():
+        lines.append(f"  {ch:<20} " + "  ".join(f"{k} {pct(x)}" for k, x in v.items()
+                                                if k not in ("genuine_n", "false_alarm_medium_or_high")))
+    if r.get("figures"):
+        lines.append("figures: " + ", ".join(p for ps in r["figures"].values() for p in ps))
+    return "\n".join(lines)

@@ -264,14 +264,22 @@ def build_training_items(store: SpeakerStore, embedder, speakers: Sequence[str] 
                          clones_per_family: int = DEFAULT_CLONES_PER_FAMILY,
                          families: Sequence[str] = FAMILIES, channels: Sequence[str] = TRAIN_CHANNELS,
                          seed: int = 0, min_genuine_s: float = MIN_GENUINE_S,
-                         progress: Callable[[str], None] | None = None) -> TrainingSet:
-    """Step 1: the channelled, embedded training recordings of ``speakers`` (default: all)."""
+                         progress: Callable[[str], None] | None = None,
+                         exclude_samples: frozenset[int] | set[int] = frozenset()) -> TrainingSet:
+    """Step 1: the channelled, embedded training recordings of ``speakers`` (default: all).
+
+    ``exclude_samples`` (ids) are ignored altogether — an evaluation's test recordings.
+    """
     store.check_embedder(embedder.identity)
     rng = np.random.default_rng(seed)
     if "espeak" in families and not shutil.which("espeak-ng"):
         families = [f for f in families if f != "espeak"]
     wanted = set(speakers) if speakers is not None else {s.name for s in store.speakers()}
     table = store.embeddings()
+    if exclude_samples:
+        keep = np.array([int(i) not in exclude_samples for i in table.ids], dtype=bool)
+        table = type(table)(table.ids[keep], [s for s, k in zip(table.speakers, keep) if k],
+                            [s for s, k in zip(table.kinds, keep) if k], table.vectors[keep])
     vec = {int(i): v for i, v in zip(table.ids, table.vectors)}
     pool_v: list[np.ndarray] = []
     pool_s: list[str] = []
@@ -281,6 +289,8 @@ def build_training_items(store: SpeakerStore, embedder, speakers: Sequence[str] 
     stored: list[tuple[str, int, np.ndarray, int, int]] = []  # speaker, label, audio, sample id, pool key
     extra: dict[str, list[np.ndarray]] = {}
     for info in store.samples():
+        if info.id in exclude_samples:
+            continue
         if info.speaker not in wanted:
             if info.kind == "genuine":
                 audio = store.sample_audio(info.id)

@@ -281,3 +281,27 @@ def test_signed_fusion_has_no_negative_weight():
     assert f.llr({"good": 1.0}) == pytest.approx(f.intercept + f.coef[0] * (1.0 - f.mean[0]) / f.scale[0])
     with pytest.raises(ValueError):
         SignedFusion(("a",), np.zeros(1), np.ones(1), np.array([-1.0]), 0.0)
+
+
+@pytest.mark.an4
+@pytest.mark.slow
+def test_cli_evaluate_clones_report(built, trained, tmp_path, capsys):
+    from voxguard.cli import main
+
+    path, names, _ = built
+    capsys.readouterr()
+    assert main(["evaluate-clones", "--heldout", "1", "--enroll", "2", "--clones-per-family", "1", "--test-clones", "1",
+                 "--components", "8", "--no-lofo", "--long-hours", "1", "--figures", str(tmp_path / "fig"),
+                 "--channels", "opus-8k-nb", "noise-brown-5db",
+                 "--json", "--store", str(path)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["speakers"] == {"train": 4, "heldout": 1} and r["best_model"] == "lfcc-gmm"
+    m = r["models"]["lfcc-gmm"]
+    assert set(m["utterances"]["per_family"]) == {"vocoder", "convert", "espeak", "griffinlim"}
+    assert r["channels"]["heldout"] == ["opus-8k-nb", "noise-brown-5db"]
+    assert set(m["utterances"]["per_channel_detection_at_1pct_fa"]) == {"clean", "opus-8k-nb", "noise-brown-5db"}
+    assert m["sessions"]["genuine_hours"] > 0 and r["long_streams"]["hours"] >= 0.9
+    for stem in ("clone_llr_by_family", "clone_llr_by_channel"):
+        assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 1000 and (tmp_path / "fig" / f"{stem}.svg").exists()
+    with SpeakerStore(path, readonly=True) as store:  # the store is only read
+        assert store.latest_calibration()[0] == trained[1]
