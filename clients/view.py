@@ -73,9 +73,12 @@ class LiveView:
                     f"{ev.session.get('windows')} window(s), threshold {_score(ev.threshold)}; "
                     f"this window {_score(ev.window.get('score'))} {ev.window.get('decision')})")
         if isinstance(ev, CloneSuspicion):
-            s.clone_level, s.clone_score = ev.level, ev.score
+            sess = ev.session or {}
+            s.clone_level, s.clone_score = sess.get("level", ev.level), ev.score
             who = f" of {ev.speaker}" if ev.speaker else ""
-            return f"{t}clone suspicion{who}: {ev.level} ({ev.score:.2f})"
+            llr = sess.get("llr")
+            return (f"{t}clone suspicion{who}: session {sess.get('level', '-')} (LLR "
+                    f"{'-' if llr is None else f'{llr:.2f}'}); this window {ev.level} ({_score(ev.score)})")
         if isinstance(ev, Warning):
             return f"{t}warning {ev.code}: {ev.message}"
         if isinstance(ev, Summary):
@@ -98,6 +101,8 @@ class LiveView:
                          f"{_score(v.get('score'))} over {v.get('windows')} window(s), threshold "
                          f"{_score(v.get('threshold'))})")
         c = ev.clone
-        lines.append(f"  clone suspicion: {c.get('max_level')} (max {_score(c.get('max_score'))}, "
+        llr = c.get("llr")
+        lines.append(f"  clone suspicion: {c.get('level', c.get('max_level'))} (session LLR "
+                     f"{'-' if llr is None else f'{llr:.2f}'}, highest {c.get('max_level')}, "
                      f"{c.get('suspicious_windows')} suspicious window(s))")
         return "\n".join(lines)
