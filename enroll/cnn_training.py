@@ -19,6 +19,8 @@ CROPS_PER_RECORDING = 4
 EPOCHS = 8
 BATCH = 64
 LR = 1e-3
+MIN_RECORDINGS = 20
+"""Bona fide and spoof recordings (each) below which the CNN is not trained."""
 
 
 def _crop(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -38,7 +40,7 @@ def fit_cnn_countermeasure(bona_fide: Sequence[np.ndarray], spoof: Sequence[np.n
 
     bona = [f for f in bona_fide if len(f) >= 2]
     spf = [f for f in spoof if len(f) >= 2]
-    need = 20
+    need = MIN_RECORDINGS
     if len(bona) < need or len(spf) < need:
         raise VoxguardError(f"too little audio to train the CNN countermeasure: {len(bona)} bona fide and "
                             f"{len(spf)} spoof recordings, {need} of each needed: add about "

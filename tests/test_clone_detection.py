@@ -91,6 +91,7 @@ def test_trained_detector_is_stored_and_loaded(built, trained, embedder):
     det, cid = trained
     path, names, _ = built
     assert det.info["speakers"] == SPEAKERS and det.info["known_clones"] == 2
+    assert det.info["model"] == "lfcc-gmm" and "lfcc-cnn needs 20" in det.info["model_fallback"]  # a tiny store
     assert det.info["generated_clones"] == {f: SPEAKERS for f in ("vocoder", "convert", "espeak", "griffinlim")}
     for name, fusion in det.fusions.items():  # every evidence may only push towards "clone"
         assert (fusion.coef >= 0).all(), (name, fusion.coef)
