@@ -84,9 +84,12 @@ class LiveView:
                     f"{ev.session.get('windows')} window(s), threshold {_score(ev.threshold)}; "
                     f"this window {_score(ev.window.get('score'))} {ev.window.get('decision')})")
         if isinstance(ev, CloneSuspicion):
-            s.clone_level, s.clone_score = ev.level, ev.score
+            sess = ev.session or {}
+            s.clone_level, s.clone_score = sess.get("level", ev.level), ev.score
             who = f" of {ev.speaker}" if ev.speaker else ""
-            return f"{t}clone suspicion{who}: {ev.level} ({ev.score:.2f})"
+            llr = sess.get("llr")
+            return (f"{t}clone suspicion{who}: session {sess.get('level', '-')} (LLR "
+                    f"{'-' if llr is None else f'{llr:.2f}'}); this window {ev.level} ({_score(ev.score)})")
         if isinstance(ev, Warning):
             return f"{t}warning {ev.code}: {ev.message}"
         if isinstance(ev, Summary):
@@ -111,12 +114,16 @@ class LiveView:
     @staticmethod
     def _track(ident: dict, v: dict | None, c: dict, pad: str) -> list[str]:
         dec = ident.get("decision") or {}
-        lines = [f"{pad}speaker: {dec.get('speaker') or 'nobody recognised'} (closest overall: "
-                 f"{ident.get('speaker') or '-'} {_score(ident.get('score'))}; {dec.get('changes', 0)} change(s))"]
+        who = ident.get("speaker") or f"nobody enrolled (closest: {ident.get('best') or '-'})"
+        lines = [f"{pad}speaker: {who}, session LLR {_score(ident.get('llr'))} (threshold "
+                 f"{_score(ident.get('threshold_llr'))}); last decision {dec.get('speaker') or 'nobody'}, "
+                 f"{dec.get('changes', 0)} change(s)"]
         if v:
-            lines.append(f"{pad}claim {v['claimed_speaker']}: {v['decision'].upper()} (mean score "
-                         f"{_score(v.get('score'))} over {v.get('windows')} window(s), threshold "
-                         f"{_score(v.get('threshold'))})")
-        lines.append(f"{pad}clone suspicion: {c.get('max_level')} (max {_score(c.get('max_score'))}, "
+            lines.append(f"{pad}claim {v['claimed_speaker']}: {v['decision'].upper()} (session LLR "
+                         f"{_score(v.get('llr'))} over {v.get('windows')} window(s), threshold "
+                         f"{_score(v.get('threshold_llr'))}; {v.get('calibration') or 'uncalibrated'})")
+        llr = c.get("llr")
+        lines.append(f"{pad}clone suspicion: {c.get('level', c.get('max_level'))} (session LLR "
+                     f"{'-' if llr is None else f'{llr:.2f}'}, highest {c.get('max_level')}, "
                      f"{c.get('suspicious_windows')} suspicious window(s))")
         return lines

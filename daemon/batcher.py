@@ -135,7 +135,8 @@ class Batcher:
             q = vecs[rows]
             scores = snap.scorer.score_all(q, band)
             found = snap.scorer.search(q, k=max(j.top_k for j in jobs), trial="window", band=band, scores=scores)
-            clones = snap.detector.assess_batch(found, [j.claimed for j in jobs], [j.samples for j in jobs])
+            clones = snap.detector.assess_batch(found, [j.claimed for j in jobs], [j.samples for j in jobs],
+                                                window=True)
             for n, i in enumerate(rows):
                 job = batch[i]
                 col = None if job.claimed is None else snap.column(job.claimed)

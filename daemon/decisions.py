@@ -20,7 +20,8 @@ window scores under the *session* calibration for ``n`` windows.
   *embedding*: averaging embeddings pulls every long session towards every centroid.)
 * :class:`SessionEvidence` — running sums of each speaker's window scores (the top-k of
   every window), for the session-level open-set identity of the summary.
-* :class:`CloneTracker` — the running maximum and count of suspicious windows.
+* :class:`CloneTracker` — accumulated clone evidence (a CUSUM of window LLRs) with session
+  levels at stated false-alarm rates per hour of genuine speech.
 """
 
 from __future__ import annotations
@@ -197,28 +198,57 @@ class SessionEvidence:
 
 
 class CloneTracker:
-    """Session-level clone suspicion: the worst window so far and how many were suspicious."""
+    """Session-level clone evidence: a CUSUM of window LLRs (see
+    :class:`voxguard.clone_detection.SessionRule`), not the maximum of window levels.
+
+    Fed with one :class:`~voxguard.clone_detection.CloneAssessment` per window (the rule
+    travels with it: a reloaded detector applies from the next window).  The session level
+    is that of the accumulated LLR at the rule's edges, which are set for at most one false
+    alarm per 1 / 20 / 100 hours of genuine speech (low / medium / high).  Windows without
+    a clone assessment (no detector available) leave the level ``unavailable``.
+    """
 
     def __init__(self):
+        self.llr: float | None = None  # the CUSUM statistic
+        self.level = "unavailable"
+        self.max_llr: float | None = None
         self.max_score = 0.0
-        self.max_level = "none"
-        self.suspicious = 0
-        self.last_level = "none"
+        self.max_level = "unavailable"  # the highest session level reached
+        self.suspicious = 0  # windows whose own level is not none
         self.windows = 0
+        self.alarms = 0  # times the session level rose to medium or high from below
+        self.last_level = "none"
+        self.rule = None
 
-    def update(self, score: float, level: str) -> bool:
-        """Record one window; returns whether a ``clone_suspicion`` event should be sent
-        (the window is suspicious, or the previous one was and this one clears it)."""
+    def update(self, assessment) -> bool:
+        """Record one window; returns whether a ``clone_suspicion`` event should be sent (the
+        window is suspicious, the previous one was, or the session level changed)."""
         self.windows += 1
-        if score > self.max_score:
-            self.max_score = score
-        if CLONE_LEVELS.index(level) > CLONE_LEVELS.index(self.max_level):
-            self.max_level = level
+        level = assessment.level
+        if assessment.llr is None or assessment.session is None:
+            report = self.last_level not in ("none", "unavailable")
+            self.last_level = level
+            return report
+        self.rule = assessment.session
+        before = self.level
+        self.llr = self.rule.step(self.llr or 0.0, assessment.llr)
+        self.level = self.rule.level(self.llr)
+        self.max_llr = self.llr if self.max_llr is None else max(self.max_llr, self.llr)
+        self.max_score = max(self.max_score, assessment.score or 0.0)
+        order = CLONE_LEVELS
+        if self.max_level == "unavailable" or order.index(self.level) > order.index(self.max_level):
+            self.max_level = self.level
+        if order.index(self.level) >= order.index("medium") > order.index(before if before in order else "none"):
+            self.alarms += 1
         self.suspicious += level != "none"
-        report = level != "none" or self.last_level != "none"
+        report = level != "none" or self.last_level != "none" or self.level != (before if before != "unavailable" else "none")
         self.last_level = level
         return report
 
     def as_dict(self) -> dict:
-        return {"max_score": round(self.max_score, 4), "max_level": self.max_level,
-                "suspicious_windows": self.suspicious}
+        r = self.rule
+        return {"llr": None if self.llr is None else round(self.llr, 3), "level": self.level,
+                "max_llr": None if self.max_llr is None else round(self.max_llr, 3),
+                "max_score": round(self.max_score, 4), "max_level": self.max_level,
+                "suspicious_windows": self.suspicious, "alarms": self.alarms,
+                "hours_per_false_alarm": None if r is None else dict(zip(CLONE_LEVELS[1:], r.hours_per_false_alarm))}

@@ -365,10 +365,10 @@ class Session:
                 window={**win, "score": _r(result.claimed_window), "llr": _r(v.window_llr(result.claimed_window)),
                         "decision": w},
                 session=v.session_dict()))
-        if result.clone is not None and self.clone.update(result.clone.score, result.clone.level):
+        if result.clone is not None and self.clone.update(result.clone):
             c = result.clone
             events.append(self.event("clone_suspicion", job.end, window=win, speaker=c.speaker,
-                                     score=_r(c.score), level=c.level, evidence=c.evidence,
+                                     score=_r(c.score), llr=_r(c.llr), level=c.level, evidence=c.evidence,
                                      session=self.clone.as_dict()))
         return events
 

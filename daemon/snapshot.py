@@ -75,7 +75,7 @@ def load_snapshot(store_path: str | Path, identity: EmbedderIdentity, use_gpu: b
         log.warning("no store at %s yet: serving with no enrolled speakers", path)
         cal = load_calibration(None, identity)
         th = cal.thresholds or Thresholds(float("inf"), cal.source)
-        return ScoringSnapshot(th, CloneDetector(th), calibration=cal, store_path=str(path))
+        return ScoringSnapshot(th, CloneDetector.unavailable(th, "no store"), calibration=cal, store_path=str(path))
     with SpeakerStore(path, create=False) as store:
         store.check_embedder(identity)
         index = SpeakerIndex.for_store(store, use_gpu=use_gpu)

@@ -6,6 +6,8 @@ A :class:`Cloner` turns a :class:`TargetVoice` (the speaker's enrolled genuine a
 ``vocoder``   WORLD analysis/resynthesis of the target's own recordings (``clone_vocoder``)
 ``convert``   classical voice conversion of another utterance towards the target (``clone_convert``)
 ``nemo-tts``  NVIDIA NeMo FastPitch + HiFi-GAN from local ``.nemo`` files (``clone_nemo_tts``)
+``griffinlim``  the target's recordings through a log-mel spectrogram and Griffin-Lim (``clone_griffinlim``)
+``espeak``    espeak-ng formant speech at the target's pitch, no conversion (``clone_espeak``)
 ``command``   any external tool through a ``{ref}`` / ``{text}`` / ``{out}`` command template
               (``clone_command``)
 
@@ -100,6 +102,8 @@ BACKENDS: dict[str, str] = {
     "vocoder": "voxguard.enroll.clone_vocoder",
     "convert": "voxguard.enroll.clone_convert",
     "nemo-tts": "voxguard.enroll.clone_nemo_tts",
+    "griffinlim": "voxguard.enroll.clone_griffinlim",
+    "espeak": "voxguard.enroll.clone_espeak",
     "command": "voxguard.enroll.clone_command",
 }
 """Backend name -> module exposing ``create(**options) -> Cloner``."""

@@ -106,6 +106,40 @@ def test_convert_from_text_with_espeak(voices):
     assert not np.array_equal(clones[0].audio[:8000], clones[1].audio[:8000])  # rate/pitch varied
 
 
+@pytest.mark.an4
+def test_griffinlim_clones_replay_the_target_through_a_mel_spectrogram(voices, centroids, embedder):
+    name = sorted(voices)[0]
+    target = voices[name]
+    cloner = create_cloner("griffinlim", gl_iterations=16, tempo_range=0.05)
+    clones = generate_clones(cloner, target, 2, seed=0)
+    by_label = {r.label: r for r in target.references}
+    for c in clones:
+        ref = by_label[c.source]
+        assert abs(c.duration - len(ref.audio) / 16000 * c.params["tempo_factor"]) < 0.02
+        assert 0.94 <= c.params["tempo_factor"] <= 1.06
+        assert not np.allclose(c.audio[: len(ref.audio)][:8000], ref.audio[:8000], atol=1e-3)  # resynthesised
+    vecs = embed_utterances(embedder, [c.audio for c in clones])
+    sims = {n: float(np.mean(vecs @ cen)) for n, cen in centroids.items()}
+    assert max(sims, key=sims.get) == name, sims  # still the target's voice
+    assert cloner.params()["n_mels"] == 80
+    with pytest.raises(CloningError, match="does not take --pitch-range"):
+        create_cloner("griffinlim", pitch_range=0.1)
+
+
+@pytest.mark.an4
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (Debian package espeak-ng)")
+def test_espeak_clones_say_the_text_near_the_target_pitch(voices):
+    female = [n for n in sorted(voices) if n.startswith("f")][0]
+    male = [n for n in sorted(voices) if n.startswith("m")][0]
+    got = {}
+    for n in (female, male):
+        clones = generate_clones(create_cloner("espeak"), voices[n], 2, texts=["Hello there, this is a test."], seed=0)
+        for c in clones:
+            assert c.source == "text: Hello there, this is a test." and 0.8 < c.duration < 5.0
+        got[n] = np.mean([c.params["pitch"] for c in clones])
+    assert got[female] > got[male]  # espeak's pitch follows the target's register
+
+
 def test_convert_needs_source_speech():
     with pytest.raises(CloningError, match="needs source speech"):
         create_cloner("convert")

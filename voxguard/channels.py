@@ -61,7 +61,8 @@ def ffmpeg_roundtrip(x: np.ndarray, codec_args: Sequence[str], fmt: str, rate: i
                              input=pcm, capture_output=True, timeout=FFMPEG_TIMEOUT_S)
         if enc.returncode or not enc.stdout:
             raise ChannelError(f"ffmpeg could not encode {fmt}: {enc.stderr.decode(errors='replace').strip()[-200:]}")
-        dec = subprocess.run(base + ["-f", fmt, *(["-ar", str(rate), "-ac", "1"] if fmt in ("mulaw", "alaw") else []),
+        demux = {"adts": "aac"}.get(fmt, fmt)  # the ADTS muxer's demuxer is called "aac"
+        dec = subprocess.run(base + ["-f", demux, *(["-ar", str(rate), "-ac", "1"] if fmt in ("mulaw", "alaw") else []),
                                      "-i", "pipe:0", "-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "pipe:1"],
                              input=enc.stdout, capture_output=True, timeout=FFMPEG_TIMEOUT_S)
     except subprocess.TimeoutExpired:

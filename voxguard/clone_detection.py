@@ -1,23 +1,41 @@
-"""Clone suspicion for one embedded window or utterance: one score in [0, 1] from three
-kinds of evidence.
+"""Clone suspicion for one embedded window or utterance, as a log-likelihood ratio.
 
-* **known clones** — among the nearest stored samples, the best score to a known clone
-  of the identified (or claimed) speaker versus the best score to one of its genuine
-  samples.  A clone nearer than every genuine sample is strong evidence.
-* **clone band** — the score against the speaker's genuine model is accepted but lies
-  in ``[accept, clone_upper)``, where known clones of the speaker still score (the
-  calibrated ``Thresholds.clone_upper``, else the edge the trained detector estimated:
-  the score 1 % of its training clones reach).
-* **countermeasure** — an LFCC-GMM synthetic-speech detector
-  (:mod:`voxguard.countermeasure`) on the audio itself, which needs no known clone.
+Evidence (every value is oriented so that *larger means more clone-like*):
 
-With a trained detector in the newest calibration record (``data["clone_detector"]``,
-written by :func:`voxguard.enroll.clone_training.train_clone_detector`), a logistic
-regression fuses these into the clone score, and the levels low / medium / high start
-at the fused scores of 10 % / 3 % / 1 % false alarms on the training speakers' genuine
-audio.  Without one, the documented default applies: the score is
-``sigmoid((best_clone - best_genuine) / 0.05)`` when the speaker has known clones among
-the neighbours, else 0; levels none < 0.25 <= low < 0.5 <= medium < 0.75 <= high.
+* ``cm`` — the synthetic-speech countermeasure on the audio itself
+  (:mod:`voxguard.countermeasure`; trained with bona fide and spoof audio through the
+  same random channel chains, so the channel is no cue).
+* ``cm_speaker`` — the countermeasure score relative to *that speaker's* genuine audio:
+  ``(cm - mean) / std`` over the speaker's stored genuine recordings.
+* ``emb_speaker`` — how far the recording is from the speaker's genuine samples in
+  embedding space, relative to how far they are from each other:
+  ``(mean - best_genuine) / std`` where ``best_genuine`` is the cosine to the nearest
+  genuine sample of the speaker and ``mean`` / ``std`` are those of the speaker's own
+  samples to their nearest other sample (leave-one-out).
+* ``clone_margin`` — with known clones of the speaker among the nearest stored samples:
+  best clone cosine minus best genuine cosine.
+* ``in_band`` — the speaker score lies in ``[accept, clone_upper)``; used only when it
+  separated clones from genuine audio in training (else dropped, see ``info``).
+
+A trained detector (``data["clone_detector"]`` of the newest calibration, written by
+:func:`voxguard.enroll.clone_training.train_clone_detector`) fuses them with a
+*sign-constrained* logistic regression: every weight is >= 0, so each evidence can only
+push towards "clone" in its own direction.  The fused value is a log-likelihood ratio
+``log p(evidence | clone) / p(evidence | genuine)`` calibrated on held-out speakers and
+held-out channels; a missing evidence (no audio, no known clones, a speaker without
+statistics) contributes 0.  ``score`` is ``sigmoid(llr)``, the posterior at even prior
+odds.  Levels low / medium / high start at the LLRs of the false-alarm rates
+:data:`voxguard.enroll.clone_training.FA_RATES` on held-out genuine audio.
+
+Without a trained detector, a store with known clones gets the documented default:
+``llr = (best_clone - best_genuine) / 0.01`` (uncalibrated) when the speaker has a known clone among the
+neighbours, else no evidence (LLR 0); levels none < 0.5 <= low < 1.1 <= medium < 2.2 <=
+high (posterior 0.62 / 0.75 / 0.9).  A store with neither known clones nor a trained
+detector, or whose detector was trained for another embedder or feature version, reports
+the level ``unavailable`` with score and LLR ``null``: no evidence is not evidence of
+genuineness.
+
+Sessions (the daemon) accumulate window LLRs with a CUSUM — see :class:`SessionRule`.
 """
 
 from __future__ import annotations
@@ -28,60 +46,152 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .countermeasure import LfccGmmCountermeasure
+from .countermeasure import FEATURE_VERSION as CM_FEATURE_VERSION
+from .countermeasure import countermeasure_from_dict
 from .index import SearchResult, SpeakerScore
 from .scoring import Thresholds
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("none", "low", "medium", "high")
-DEFAULT_LEVEL_EDGES = (0.25, 0.5, 0.75)
-DEFAULT_MARGIN_SCALE = 0.05
+UNAVAILABLE = "unavailable"
+DEFAULT_LEVEL_EDGES = (0.5, 1.1, 2.2)
+"""LLR edges of low / medium / high of the untrained default (posterior 0.62 / 0.75 / 0.9)."""
+DEFAULT_MARGIN_SCALE = 0.01
 DETECTOR_KEY = "clone_detector"
 """Key of the trained detector in a calibration record's data."""
-DETECTOR_FORMAT = 1
-FUSION_FEATURES = ("centroid_score", "in_band", "has_clone", "clone_margin", "cm_llr")
-"""Inputs of the fusion; the ``no_audio`` fusion uses all but ``cm_llr``."""
-CM_CLIP = 30.0
+DETECTOR_FORMAT = 2
+FEATURE_VERSION = 2
+"""Version of the evidence definitions (and, through the countermeasure, of its features)."""
+EVIDENCE = ("cm", "cm_speaker", "emb_speaker", "clone_margin", "in_band")
+LLR_CLIP = 30.0
+MIN_STD = {"cm": 0.05, "emb": 0.01}
+
+
+@dataclass(frozen=True)
+class SessionRule:
+    """How a session accumulates window LLRs: a one-sided CUSUM (Page's test).
+
+    ``S_0 = 0``, ``S_t = max(0, S_{t-1} + weight * (llr_t - offset))``.  ``weight`` is
+    hop / window length (overlapping windows share audio: each second counts once) and
+    ``offset`` makes ``E[exp(weight * (llr - offset))] <= 1`` on held-out genuine windows,
+    the condition under which ``exp(S)`` cannot grow on genuine audio.  Lorden's bound then
+    gives at most one false alarm every ``exp(h)`` independent windows for an edge ``h``:
+    ``edges[i] = ln(windows_per_hour * hours_per_false_alarm[i])``.
+    """
+
+    weight: float = 1.0 / 3.0
+    offset: float = 0.0
+    edges: tuple[float, float, float] = (7.8, 10.8, 12.4)
+    hours_per_false_alarm: tuple[float, float, float] = (1.0, 20.0, 100.0)
+    windows_per_hour: float = 2400.0
+
+    @classmethod
+    def for_targets(cls, weight: float, offset: float, window_s: float = 1.5,
+                    hours_per_false_alarm: tuple[float, float, float] = (1.0, 20.0, 100.0)) -> "SessionRule":
+        wph = 3600.0 / window_s
+        return cls(weight, offset, tuple(float(math.log(wph * h)) for h in hours_per_false_alarm),
+                   tuple(hours_per_false_alarm), wph)
+
+    def step(self, s: float, llr: float) -> float:
+        return max(0.0, s + self.weight * (llr - self.offset))
+
+    def level(self, s: float | None) -> str:
+        if s is None:
+            return UNAVAILABLE
+        return LEVELS[sum(s >= e for e in self.edges)]
+
+    def as_dict(self) -> dict:
+        return {"weight": self.weight, "offset": self.offset, "edges": list(self.edges),
+                "hours_per_false_alarm": list(self.hours_per_false_alarm), "windows_per_hour": self.windows_per_hour}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SessionRule":
+        return cls(float(d["weight"]), float(d["offset"]), tuple(d["edges"]), tuple(d["hours_per_false_alarm"]),
+                   float(d["windows_per_hour"]))
+
+
+DEFAULT_SESSION_RULE = SessionRule.for_targets(1.0 / 3.0, 0.0)
 
 
 @dataclass(frozen=True)
 class CloneAssessment:
-    score: float  # in [0, 1]
-    level: str  # none | low | medium | high
+    score: float | None  # sigmoid(llr) in [0, 1]; None when unavailable
+    level: str  # none | low | medium | high | unavailable
     speaker: str | None  # the speaker the evidence is about
     evidence: dict = field(default_factory=dict)
+    llr: float | None = None
+    session: SessionRule | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def available(self) -> bool:
+        return self.level != UNAVAILABLE
 
     def as_dict(self) -> dict:
-        return {"score": round(self.score, 4), "level": self.level, "speaker": self.speaker,
+        return {"score": None if self.score is None else round(self.score, 4), "level": self.level,
+                "speaker": self.speaker, "llr": None if self.llr is None else round(self.llr, 3),
                 "evidence": self.evidence}
 
 
-def level_for(score: float, edges: tuple[float, float, float] = DEFAULT_LEVEL_EDGES) -> str:
-    return LEVELS[sum(score >= e for e in edges)]
+def level_for(llr: float, edges: tuple[float, float, float] = DEFAULT_LEVEL_EDGES) -> str:
+    return LEVELS[sum(llr >= e for e in edges)]
 
 
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
-def fusion_features(centroid_score: float, best_genuine: float | None, best_clone: float | None,
-                    band: tuple[float, float] | None, cm_llr: float | None) -> dict[str, float]:
-    """The fusion's inputs for one target speaker (training and inference share this)."""
-    genuine = best_genuine if best_genuine is not None else centroid_score
-    has_clone = best_clone is not None
-    f = {"centroid_score": float(centroid_score),
-         "in_band": float(band is not None and band[0] <= centroid_score < band[1]),
-         "has_clone": float(has_clone),
-         "clone_margin": float(best_clone - genuine) if has_clone else 0.0}
-    if cm_llr is not None:
-        f["cm_llr"] = float(np.clip(cm_llr, -CM_CLIP, CM_CLIP))
-    return f
+@dataclass(frozen=True)
+class SpeakerStats:
+    """A speaker's genuine reference: countermeasure scores and nearest-genuine cosines."""
+
+    cm_mean: float | None = None
+    cm_std: float | None = None
+    emb_mean: float | None = None
+    emb_std: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"cm": None if self.cm_mean is None else [self.cm_mean, self.cm_std],
+                "emb": None if self.emb_mean is None else [self.emb_mean, self.emb_std]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpeakerStats":
+        cm, emb = d.get("cm"), d.get("emb")
+        return cls(*(cm or (None, None)), *(emb or (None, None)))
+
+
+def shrunk_std(values: np.ndarray, pooled: float, floor: float, prior_n: int = 5) -> float:
+    """Std of a few values shrunk towards the pooled std (``prior_n`` pseudo-observations)."""
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    var = float(v.var(ddof=1)) if n > 1 else 0.0
+    return max(floor, math.sqrt(((n - 1) * var + prior_n * pooled ** 2) / max(1, n - 1 + prior_n)))
+
+
+def evidence_values(target: SpeakerScore, stats: SpeakerStats | None, band: tuple[float, float] | None,
+                    cm: float | None) -> dict[str, float]:
+    """The evidence about ``target`` (training and inference share this); missing ones are absent."""
+    v: dict[str, float] = {}
+    if cm is not None:
+        v["cm"] = float(np.clip(cm, -LLR_CLIP, LLR_CLIP))
+        if stats is not None and stats.cm_mean is not None:
+            v["cm_speaker"] = float(np.clip((cm - stats.cm_mean) / stats.cm_std, -LLR_CLIP, LLR_CLIP))
+    if stats is not None and stats.emb_mean is not None and target.best_genuine is not None:
+        v["emb_speaker"] = float(np.clip((stats.emb_mean - target.best_genuine) / stats.emb_std, -LLR_CLIP, LLR_CLIP))
+    if target.best_clone is not None:
+        genuine = target.best_genuine if target.best_genuine is not None else target.score
+        v["clone_margin"] = float(target.best_clone - genuine)
+    if band is not None:
+        v["in_band"] = float(band[0] <= target.score < band[1])
+    return v
 
 
 @dataclass(frozen=True)
-class LinearFusion:
-    """Logistic regression over standardised features (inference side)."""
+class SignedFusion:
+    """``llr = intercept + sum_j coef_j * (x_j - mean_j) / scale_j`` with every ``coef_j >= 0``.
+
+    A missing evidence contributes 0 (it sits at the training mean).
+    """
 
     features: tuple[str, ...]
     mean: np.ndarray
@@ -89,120 +199,227 @@ class LinearFusion:
     coef: np.ndarray
     intercept: float
 
-    def score(self, values: dict[str, float]) -> float:
-        x = np.array([values[f] for f in self.features], dtype=np.float64)
-        return sigmoid(float(((x - self.mean) / self.scale) @ self.coef + self.intercept))
+    def __post_init__(self):
+        if (np.asarray(self.coef) < 0).any():
+            raise ValueError("a sign-constrained fusion has no negative weight")
+
+    def contributions(self, values: dict[str, float]) -> dict[str, float]:
+        return {f: float(self.coef[j] * (values[f] - self.mean[j]) / self.scale[j])
+                for j, f in enumerate(self.features) if f in values and self.coef[j] > 0}
+
+    def llr(self, values: dict[str, float]) -> float:
+        return float(np.clip(self.intercept + sum(self.contributions(values).values()), -LLR_CLIP, LLR_CLIP))
+
+    def llr_matrix(self, X: np.ndarray) -> np.ndarray:
+        """LLRs of rows of ``X`` (columns = ``features``; NaN = missing)."""
+        Z = np.nan_to_num((X - self.mean) / self.scale, nan=0.0)
+        return np.clip(self.intercept + Z @ self.coef, -LLR_CLIP, LLR_CLIP)
 
     def as_dict(self) -> dict:
         return {"features": list(self.features), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "coef": self.coef.tolist(), "intercept": self.intercept}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LinearFusion":
+    def from_dict(cls, d: dict) -> "SignedFusion":
         return cls(tuple(d["features"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float),
                    np.asarray(d["coef"], float), float(d["intercept"]))
 
 
 @dataclass(frozen=True)
 class TrainedDetector:
-    """What ``train_clone_detector`` stores: countermeasure, fusions, band edge, levels."""
+    """What ``train_clone_detector`` stores (JSON, no pickles)."""
 
-    countermeasure: LfccGmmCountermeasure | None
-    fusion: LinearFusion  # with audio (cm_llr)
-    fusion_no_audio: LinearFusion
-    level_edges: tuple[float, float, float]
-    band_upper: float | None  # used when the thresholds carry no calibrated clone_upper
+    countermeasure: object | None  # LfccGmmCountermeasure | CnnCountermeasure
+    fusions: dict[str, SignedFusion]  # "known_clones" / "no_known_clones"
+    utterance_edges: dict[str, tuple[float, float, float]]  # LLR edges of low / medium / high per fusion
+    window_edges: dict[str, tuple[float, float, float]]
+    session: SessionRule
+    band: tuple[float, float] | None  # the clone band, when it separated in training
+    speaker_stats: dict[str, SpeakerStats]
+    embedder: dict | None  # the embedder identity the detector was trained with
     info: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"format": DETECTOR_FORMAT,
+        return {"format": DETECTOR_FORMAT, "feature_version": FEATURE_VERSION,
+                "cm_feature_version": CM_FEATURE_VERSION, "embedder": self.embedder,
                 "countermeasure": self.countermeasure.as_dict() if self.countermeasure else None,
-                "fusion": self.fusion.as_dict(), "fusion_no_audio": self.fusion_no_audio.as_dict(),
-                "level_edges": list(self.level_edges), "band_upper": self.band_upper, "info": self.info}
+                "fusions": {k: f.as_dict() for k, f in self.fusions.items()},
+                "utterance_edges": {k: list(e) for k, e in self.utterance_edges.items()},
+                "window_edges": {k: list(e) for k, e in self.window_edges.items()},
+                "session": self.session.as_dict(), "band": None if self.band is None else list(self.band),
+                "speaker_stats": {k: s.as_dict() for k, s in self.speaker_stats.items()}, "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainedDetector":
+        """Raises :class:`DetectorRefused` for another format or feature version."""
         if d.get("format") != DETECTOR_FORMAT:
-            raise ValueError(f"clone detector format {d.get('format')!r} is not {DETECTOR_FORMAT}")
+            raise DetectorRefused(f"the clone detector has format {d.get('format')!r}, this voxguard reads format "
+                                  f"{DETECTOR_FORMAT}: re-run `voxguard calibrate` to train it again")
+        if d.get("feature_version") != FEATURE_VERSION or d.get("cm_feature_version") != CM_FEATURE_VERSION:
+            raise DetectorRefused(
+                f"the clone detector was trained on feature version {d.get('feature_version')!r} / countermeasure "
+                f"features {d.get('cm_feature_version')!r}, this voxguard computes {FEATURE_VERSION} / "
+                f"{CM_FEATURE_VERSION}: re-run `voxguard calibrate` to train it again")
         cm = d.get("countermeasure")
-        return cls(LfccGmmCountermeasure.from_dict(cm) if cm else None, LinearFusion.from_dict(d["fusion"]),
-                   LinearFusion.from_dict(d["fusion_no_audio"]), tuple(d["level_edges"]), d.get("band_upper"),
-                   d.get("info", {}))
+        return cls(countermeasure_from_dict(cm) if cm else None,
+                   {k: SignedFusion.from_dict(f) for k, f in d["fusions"].items()},
+                   {k: tuple(e) for k, e in d["utterance_edges"].items()},
+                   {k: tuple(e) for k, e in d["window_edges"].items()},
+                   SessionRule.from_dict(d["session"]), None if d.get("band") is None else tuple(d["band"]),
+                   {k: SpeakerStats.from_dict(s) for k, s in d.get("speaker_stats", {}).items()},
+                   d.get("embedder"), d.get("info", {}))
+
+
+class DetectorRefused(ValueError):
+    """A stored detector this voxguard / this store's embedder cannot use."""
+
+
+def embedding_stats(table) -> dict[str, tuple[float, float]]:
+    """Per speaker: mean and (shrunk) std of its genuine samples' cosine to their nearest other
+    genuine sample of the same speaker (leave-one-out)."""
+    from .embedders.base import l2_normalise
+
+    if table is None or not len(table.ids):
+        return {}
+    kinds = np.asarray(table.kinds)
+    speakers = np.asarray(table.speakers)
+    E = l2_normalise(np.asarray(table.vectors, dtype=np.float64))
+    per: dict[str, np.ndarray] = {}
+    for s in sorted(set(speakers[kinds == "genuine"].tolist())):
+        idx = np.flatnonzero((speakers == s) & (kinds == "genuine"))
+        if len(idx) < 2:
+            continue
+        sims = E[idx] @ E[idx].T
+        np.fill_diagonal(sims, -np.inf)
+        per[s] = sims.max(1)
+    if not per:
+        return {}
+    pooled = float(np.sqrt(np.mean([v.var(ddof=1) if len(v) > 1 else 0.0 for v in per.values()])))
+    return {s: (float(v.mean()), shrunk_std(v, pooled, MIN_STD["emb"])) for s, v in per.items()}
 
 
 class CloneDetector:
-    """Turns search results (and optionally the window audio) into a clone assessment."""
+    """Turns search results (and the window audio) into a clone assessment."""
 
-    def __init__(self, thresholds: Thresholds, level_edges=DEFAULT_LEVEL_EDGES,
-                 margin_scale: float = DEFAULT_MARGIN_SCALE, trained: TrainedDetector | None = None,
-                 source: str = "default"):
+    def __init__(self, thresholds: Thresholds, trained: TrainedDetector | None = None, source: str = "default",
+                 available: bool = True, reason: str | None = None,
+                 emb_stats: dict[str, tuple[float, float]] | None = None,
+                 margin_scale: float = DEFAULT_MARGIN_SCALE):
         self.thresholds = thresholds
         self.trained = trained
-        self.level_edges = tuple(trained.level_edges if trained else level_edges)
-        self.margin_scale = margin_scale
         self.source = source
+        self.available = available
+        self.reason = reason
+        self.margin_scale = margin_scale
+        self.session = trained.session if trained else DEFAULT_SESSION_RULE
+        self._stats: dict[str, SpeakerStats] = dict(trained.speaker_stats) if trained else {}
+        for s, (m, sd) in (emb_stats or {}).items():
+            old = self._stats.get(s, SpeakerStats())
+            self._stats[s] = SpeakerStats(old.cm_mean, old.cm_std, m, sd)
+
+    @classmethod
+    def unavailable(cls, thresholds: Thresholds, reason: str, source: str = "none") -> "CloneDetector":
+        return cls(thresholds, source=source, available=False, reason=reason)
 
     @classmethod
     def for_store(cls, store, thresholds: Thresholds) -> "CloneDetector":
-        """The trained detector of the store's newest calibration, else the documented default."""
-        cal = store.latest_calibration() if store is not None else None
+        """The trained detector of the store's newest calibration; else the known-clone default when
+        the store holds known clones; else an unavailable detector (with the reason)."""
+        if store is None:
+            return cls.unavailable(thresholds, "no store")
+        cal = store.latest_calibration()
         if cal is not None:
             cid, data, _ = cal
             raw = data.get(DETECTOR_KEY)
             if raw:
+                source = f"calibration #{cid}"
                 try:
-                    return cls(thresholds, trained=TrainedDetector.from_dict(raw), source=f"calibration #{cid}")
+                    trained = TrainedDetector.from_dict(raw)
+                    ident = store.embedder
+                    if trained.embedder is not None and ident is not None and trained.embedder != ident.as_dict():
+                        raise DetectorRefused(
+                            f"the clone detector of calibration #{cid} was trained for embedder "
+                            f"{trained.embedder.get('name')} ({trained.embedder.get('version')}), the store holds "
+                            f"{ident.name} ({ident.version}) embeddings: re-run `voxguard calibrate`")
+                    return cls(thresholds, trained=trained, source=source,
+                               emb_stats=embedding_stats(store.embeddings()))
+                except DetectorRefused as e:
+                    log.error("clone detector refused: %s", e)
+                    return cls.unavailable(thresholds, str(e), source)
                 except (KeyError, TypeError, ValueError) as e:
-                    log.warning("ignoring unreadable clone detector in calibration #%s: %s", cid, e)
-        return cls(thresholds)
+                    log.error("unreadable clone detector in calibration #%s: %s", cid, e)
+                    return cls.unavailable(thresholds, f"the clone detector of calibration #{cid} is unreadable "
+                                                       f"({e}): re-run `voxguard calibrate`", source)
+        if store.stats().get("clone_samples", 0) > 0:
+            return cls(thresholds)
+        return cls.unavailable(thresholds, "the store has no known clones and no trained clone detector: add known "
+                                           "clones (`voxguard clone ... --enroll` or `enroll add-clone`) and run "
+                                           "`voxguard calibrate`")
 
     @property
-    def countermeasure(self) -> LfccGmmCountermeasure | None:
+    def countermeasure(self):
         return self.trained.countermeasure if self.trained else None
 
-    def band(self) -> tuple[float, float] | None:
-        """``[accept, clone_upper)``: accepted scores where clones of the speaker still score."""
-        upper = self.thresholds.clone_upper
-        if upper is None and self.trained is not None:
-            upper = self.trained.band_upper
-        if upper is None or upper <= self.thresholds.accept:
-            return None
-        return float(self.thresholds.accept), float(upper)
+    @property
+    def level_edges(self) -> tuple[float, float, float]:
+        if self.trained is None:
+            return DEFAULT_LEVEL_EDGES
+        return self.trained.utterance_edges["no_known_clones"]
 
-    def assess(self, result: SearchResult, claimed: str | None = None,
-               audio: np.ndarray | None = None) -> CloneAssessment:
-        target: SpeakerScore | None = None
+    def band(self) -> tuple[float, float] | None:
+        return self.trained.band if self.trained else None
+
+    def stats_for(self, speaker: str) -> SpeakerStats | None:
+        return self._stats.get(speaker)
+
+    def _target(self, result: SearchResult, claimed: str | None) -> SpeakerScore | None:
+        target = None
         if claimed is not None:
             target = next((s for s in result.speakers if s.speaker == claimed), None)
+        return target if target is not None else result.best
+
+    def assess(self, result: SearchResult, claimed: str | None = None, audio: np.ndarray | None = None,
+               window: bool = False, cm_score: float | None = None) -> CloneAssessment:
+        """Assess one utterance (``window=False``: the audio is a whole recording, scored on its
+        voiced part) or one daemon window (``window=True``: window operating points)."""
+        target = self._target(result, claimed)
+        if not self.available:
+            return CloneAssessment(None, UNAVAILABLE, target.speaker if target else None,
+                                   {"detector": self.source, "reason": self.reason}, None, self.session)
         if target is None:
-            target = result.best
-        if target is None:
-            return CloneAssessment(0.0, "none", None, {})
+            return CloneAssessment(None, UNAVAILABLE, None, {"detector": self.source,
+                                                             "reason": "no enrolled speaker"}, None, self.session)
         evidence: dict = {"centroid_score": round(target.score, 4)}
-        genuine = target.best_genuine if target.best_genuine is not None else target.score
+        if target.best_genuine is not None:
+            evidence["best_genuine"] = round(target.best_genuine, 4)
         if target.best_clone is not None:
-            evidence.update(best_clone=round(target.best_clone, 4), best_genuine=round(genuine, 4),
-                            clone_margin=round(target.best_clone - genuine, 4))
-        band = self.band()
-        if band is not None:
-            evidence["in_clone_band"] = bool(band[0] <= target.score < band[1])
+            evidence["best_clone"] = round(target.best_clone, 4)
         if self.trained is None:
-            score = 0.0
+            llr = 0.0
             if target.best_clone is not None:
-                score = sigmoid((target.best_clone - genuine) / self.margin_scale)
+                genuine = target.best_genuine if target.best_genuine is not None else target.score
+                margin = target.best_clone - genuine
+                llr = float(np.clip(margin / self.margin_scale, -LLR_CLIP, LLR_CLIP))
+                evidence["values"] = {"clone_margin": round(margin, 4)}
+                evidence["contributions"] = {"clone_margin": round(llr, 3)}
             evidence["detector"] = self.source
-            return CloneAssessment(score, level_for(score, self.level_edges), target.speaker, evidence)
-        cm_llr = None
-        if audio is not None and self.countermeasure is not None and len(audio):
-            cm_llr = self.countermeasure.score_recording(audio)
-            evidence["countermeasure_llr"] = round(cm_llr, 3)
-        feats = fusion_features(target.score, target.best_genuine, target.best_clone, band, cm_llr)
-        fusion = self.trained.fusion if cm_llr is not None else self.trained.fusion_no_audio
-        score = fusion.score(feats)
-        evidence["detector"] = self.source
-        return CloneAssessment(score, level_for(score, self.level_edges), target.speaker, evidence)
+            return CloneAssessment(sigmoid(llr), level_for(llr, DEFAULT_LEVEL_EDGES), target.speaker, evidence,
+                                   llr, self.session)
+        cm = cm_score
+        if cm is None and audio is not None and self.countermeasure is not None and len(audio):
+            cm = self.countermeasure.score(audio) if window else self.countermeasure.score_recording(audio)
+        values = evidence_values(target, self.stats_for(target.speaker), self.band(), cm)
+        name = "known_clones" if "clone_margin" in values else "no_known_clones"
+        fusion = self.trained.fusions[name]
+        contrib = fusion.contributions(values)
+        llr = fusion.llr(values)
+        edges = (self.trained.window_edges if window else self.trained.utterance_edges)[name]
+        evidence.update(values={k: round(v, 4) for k, v in values.items()},
+                        contributions={k: round(v, 3) for k, v in contrib.items()},
+                        intercept=round(fusion.intercept, 3), fusion=name, detector=self.source)
+        return CloneAssessment(sigmoid(llr), level_for(llr, edges), target.speaker, evidence, llr, self.session)
 
     def assess_batch(self, results: list[SearchResult], claimed: list[str | None],
-                     audio: list[np.ndarray] | None = None) -> list[CloneAssessment]:
+                     audio: list[np.ndarray] | None = None, window: bool = False) -> list[CloneAssessment]:
         audio = audio or [None] * len(results)
-        return [self.assess(r, c, a) for r, c, a in zip(results, claimed, audio)]
+        return [self.assess(r, c, a, window) for r, c, a in zip(results, claimed, audio)]

@@ -32,6 +32,8 @@ WIN_S = 0.020
 HOP_S = 0.010
 N_FFT = 512
 FEATURE_DIM = 3 * N_CEPS
+FEATURE_VERSION = 1
+"""Version of the LFCC front end; a detector trained on another version is refused."""
 MIN_VOICED_S = 0.3
 """Less voiced audio than this and :func:`voiced_audio` keeps the whole recording."""
 
@@ -139,6 +141,11 @@ class LfccGmmCountermeasure:
         llr = self.frame_llr(self.features(samples))
         return float(llr.mean()) if len(llr) else 0.0
 
+    def score_frames(self, frames: np.ndarray) -> float:
+        """:meth:`score` of precomputed (unstandardised) LFCC frames."""
+        llr = self.frame_llr((np.asarray(frames) - self.feature_mean) / self.feature_std)
+        return float(llr.mean()) if len(llr) else 0.0
+
     def score_recording(self, samples: np.ndarray) -> float:
         """Score a whole recording on its voiced audio, as the daemon sees it."""
         return self.score(voiced_audio(samples))
@@ -155,3 +162,15 @@ class LfccGmmCountermeasure:
             raise ValueError(f"not an {cls.name} countermeasure: {d.get('type')!r}")
         return cls(DiagGmm.from_dict(d["bona_fide"]), DiagGmm.from_dict(d["spoof"]),
                    np.asarray(d["feature_mean"]), np.asarray(d["feature_std"]))
+
+
+def countermeasure_from_dict(d: dict):
+    """The countermeasure a stored dict describes (``lfcc-gmm`` or ``lfcc-cnn``)."""
+    kind = d.get("type")
+    if kind == LfccGmmCountermeasure.name:
+        return LfccGmmCountermeasure.from_dict(d)
+    if kind == "lfcc-cnn":
+        from .countermeasure_cnn import CnnCountermeasure
+
+        return CnnCountermeasure.from_dict(d)
+    raise ValueError(f"unknown countermeasure type {kind!r}")

@@ -43,6 +43,9 @@ EVENT_TYPES = ("ready", "speech_start", "speech_end", "identity", "verification"
                "warning", "summary", "error")
 DECISIONS = ("accept", "reject", "undecided")
 CLONE_LEVELS = ("none", "low", "medium", "high")
+CLONE_UNAVAILABLE = "unavailable"
+"""The clone level when no detector is available (no known clones and no trained detector,
+or a refused one): score and LLR are then null."""
 
 
 class CloseCode:
@@ -388,6 +391,10 @@ def parse_subscribe(text: str) -> MonitorFilter:
 # -- JSON schemas (draft 2020-12), the same as in docs/protocol.md ------------------------------
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
+_CLONE_SESSION = {"type": "object", "required": ["llr", "level", "max_score", "max_level", "suspicious_windows"],
+                  "properties": {"llr": _NUM_OR_NULL,
+                                 "level": {"enum": [*CLONE_LEVELS, CLONE_UNAVAILABLE]},
+                                 "max_level": {"enum": [*CLONE_LEVELS, CLONE_UNAVAILABLE]}}}
 _STR_OR_NULL = {"type": ["string", "null"]}
 _SPEAKER_SCORE = {"type": "object", "required": ["speaker", "score"],
                   "properties": {"speaker": {"type": "string"}, "score": _NUM, "llr": _NUM_OR_NULL,
@@ -480,9 +487,9 @@ SCHEMAS: dict[str, dict] = {
         ["claimed_speaker", "threshold", "window", "session"]),
     "clone_suspicion": _event("clone_suspicion", {
         "window": {"type": "object", "required": ["index", "start", "end"]},
-        "speaker": _STR_OR_NULL, "score": {"type": "number", "minimum": 0, "maximum": 1},
-        "level": {"enum": list(CLONE_LEVELS)}, "evidence": {"type": "object"},
-        "session": {"type": "object", "required": ["max_score", "max_level", "suspicious_windows"]}},
+        "speaker": _STR_OR_NULL, "score": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "llr": _NUM_OR_NULL, "level": {"enum": [*CLONE_LEVELS, CLONE_UNAVAILABLE]}, "evidence": {"type": "object"},
+        "session": _CLONE_SESSION},
         ["window", "speaker", "score", "level", "evidence", "session"]),
     "warning": _event("warning", {"code": {"enum": list(WARNINGS)}, "message": {"type": "string"},
                                   "dropped_windows": {"type": "integer"}}, ["code", "message"]),
@@ -498,7 +505,7 @@ SCHEMAS: dict[str, dict] = {
                                     "speakers_heard": {"type": "array", "items": {
                                         "type": "object", "required": ["speaker", "windows"]}}}},
         "verification": {"type": ["object", "null"]},
-        "clone": {"type": ["object", "null"], "required": ["max_score", "max_level", "suspicious_windows"]},
+        "clone": {**_CLONE_SESSION, "type": ["object", "null"]},
         "channel_mode": {"enum": list(CHANNEL_MODES)},
         "channels": {"type": "array", "items": {
             "type": "object",
