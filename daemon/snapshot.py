@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 
 from voxguard.clone_detection import CloneDetector
 from voxguard.embedders.base import EmbedderIdentity
 from voxguard.index import SearchResult, SpeakerIndex
 from voxguard.scoring import SpeakerScorer, Thresholds, default_thresholds
-from voxguard.store import SpeakerStore
+from voxguard.errors import StoreMissing
+from voxguard.store import StoreLocation
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +62,29 @@ class ScoringSnapshot:
         return float(np.dot(self.scorer.index.centroids[row], vector))  # the cosine scorer's score
 
 
-def load_snapshot(store_path: str | Path, identity: EmbedderIdentity, use_gpu: bool | None = None) -> ScoringSnapshot:
-    """Read the store at ``store_path`` (and its index, rebuilt if stale).
+def empty_snapshot(location: StoreLocation, identity: EmbedderIdentity) -> ScoringSnapshot:
+    th = default_thresholds(identity.name)
+    return ScoringSnapshot(th, CloneDetector(th), store_path=str(location))
 
-    A missing store gives an empty snapshot (no enrolled speakers; enroll and reload).
-    A store made with another embedder raises :class:`~voxguard.errors.EmbedderMismatch`.
+
+def load_snapshot(location: StoreLocation, identity: EmbedderIdentity, use_gpu: bool | None = None) -> ScoringSnapshot:
+    """Read the store at ``location`` (and its index: the file beside an SQLite store,
+    rebuilt if stale; built in memory from a PostgreSQL store).
+
+    A missing store gives an empty snapshot (no enrolled speakers yet).  A store made with
+    another embedder raises :class:`~voxguard.errors.EmbedderMismatch`; an unreachable
+    database :class:`~voxguard.errors.StoreError`.
     """
-    path = Path(store_path).expanduser()
-    if not path.exists():
-        log.warning("no store at %s yet: serving with no enrolled speakers", path)
-        th = default_thresholds(identity.name)
-        return ScoringSnapshot(th, CloneDetector(th), store_path=str(path))
-    with SpeakerStore(path, create=False) as store:
+    try:
+        store = location.open(create=False, readonly=location.engine != "sqlite")
+    except StoreMissing:
+        log.warning("no store at %s yet: serving with no enrolled speakers", location)
+        return empty_snapshot(location, identity)
+    with store, store.consistent_read():
         store.check_embedder(identity)
         index = SpeakerIndex.for_store(store, use_gpu=use_gpu)
         scorer = SpeakerScorer.for_store(store, index)
         detector = CloneDetector.for_store(store, scorer.thresholds)
         rows = {name: i for i, name in enumerate(index.speaker_names[: index.n_speakers])}
-        return ScoringSnapshot(scorer.thresholds, detector, scorer if index.n_speakers else None, str(path),
+        return ScoringSnapshot(scorer.thresholds, detector, scorer if index.n_speakers else None, str(location),
                                store.store_id, store.revision, index.n_samples, rows)

@@ -29,7 +29,7 @@ import numpy as np
 from ..backend import ScoreBackend, pack_arrays, parse_backend_name
 from ..embedders.base import l2_normalise
 from ..errors import VoxguardError
-from ..store import EmbeddingTable, SpeakerStore
+from ..store import EmbeddingTable, Store
 
 DEFAULT_BACKEND = "wccn+asnorm"  # measured best on AN4 (see README: Calibration)
 CALIBRATION_VERSION = 1
@@ -392,13 +392,13 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
     return CalibrationResult(data, backend, trials, cosine)
 
 
-def calibrate(store: SpeakerStore, config: CalibrationConfig | None = None) -> CalibrationResult:
+def calibrate(store: Store, config: CalibrationConfig | None = None) -> CalibrationResult:
     """Compute a calibration of ``store`` (nothing is written; see :func:`save_calibration`)."""
     config = config or CalibrationConfig()
     config.check()
     # step 1: every stored embedding — no re-embedding needed
     if store.embedder is None:
-        raise CalibrationError(f"{store.path} is empty: nothing to calibrate (enroll speakers first)")
+        raise CalibrationError(f"{store.location} is empty: nothing to calibrate (enroll speakers first)")
     table = store.embeddings()
     result = calibrate_input(CalibrationInput.from_table(table), config)
     result.data.update(embedder=store.embedder.as_dict(), store_id=store.store_id,
@@ -406,7 +406,7 @@ def calibrate(store: SpeakerStore, config: CalibrationConfig | None = None) -> C
     return result
 
 
-def save_calibration(store: SpeakerStore, result: CalibrationResult) -> int:
+def save_calibration(store: Store, result: CalibrationResult) -> int:
     """Write the record and its blob in one transaction; returns the calibration id."""
     return store.save_calibration(result.data, result.blob())
 

@@ -160,7 +160,7 @@ def check_recording(store, embedder, samples, claimed: str | None = None) -> dic
         raise UnknownSpeaker(claimed)
     idx = SpeakerIndex.for_store(store, use_gpu=False)
     if idx.n_speakers == 0:
-        raise StoreError(f"{store.path} has no enrolled speakers")
+        raise StoreError(f"{store.location} has no enrolled speakers")
     scorer = SpeakerScorer.for_store(store, idx)
     th = scorer.thresholds
     detector = CloneDetector.for_store(store, th)

@@ -41,7 +41,7 @@ from ..countermeasure import DiagGmm, LfccGmmCountermeasure, lfcc, voiced_audio
 from ..embedders.base import l2_normalise
 from ..errors import VoxguardError
 from ..scoring import Thresholds, calibration_for
-from ..store import SpeakerStore
+from ..store import Store
 from ..utterance import embed_utterances
 from .clone_convert import ConvertCloner, Source
 from .clone_vocoder import VocoderCloner
@@ -216,7 +216,7 @@ def _fit_fusion(X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> LinearFus
     return LinearFusion(tuple(names), mean, scale, lr.coef_[0].astype(float), float(lr.intercept_[0]))
 
 
-def train_clone_detector(store: SpeakerStore, embedder, speakers: Sequence[str] | None = None,
+def train_clone_detector(store: Store, embedder, speakers: Sequence[str] | None = None,
                          clones_per_backend: int = DEFAULT_CLONES_PER_BACKEND,
                          n_components: int = DEFAULT_COMPONENTS, seed: int = 0,
                          thresholds: Thresholds | None = None, backend=None,
@@ -306,7 +306,7 @@ def train_clone_detector(store: SpeakerStore, embedder, speakers: Sequence[str] 
                            None if thresholds.clone_upper is not None or band is None else band[1], info)
 
 
-def save_clone_detector(store: SpeakerStore, detector: TrainedDetector) -> int:
+def save_clone_detector(store: Store, detector: TrainedDetector) -> int:
     """Store ``detector`` in a new calibration record that keeps the newest one's data and blob."""
     latest = store.latest_calibration()
     data, blob = ({}, None) if latest is None else (dict(latest[1]), latest[2])
@@ -314,7 +314,7 @@ def save_clone_detector(store: SpeakerStore, detector: TrainedDetector) -> int:
     return store.save_calibration(data, blob)
 
 
-def add_clone_detector(store: SpeakerStore, embedder, result, progress: Callable[[str], None] | None = None
+def add_clone_detector(store: Store, embedder, result, progress: Callable[[str], None] | None = None
                        ) -> TrainedDetector | None:
     """The ``voxguard calibrate`` step: train on ``store`` with the thresholds and backend of the
     calibration ``result`` being made, and put the detector in ``result.data``.

@@ -85,7 +85,7 @@ def cmd_add(ctx) -> int:
     for f in a.files:
         audio = load_audio(f)
         decoded[str(Path(f))] = (file_sha256(f), audio)
-    if not ctx.store_path.exists():
+    if not ctx.store_location.exists():
         ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
     with ctx.open_store(create=True) as store:
         enr = _enroller(ctx, store)
@@ -127,11 +127,11 @@ def cmd_show(ctx) -> int:
 
 
 def cmd_remove(ctx) -> int:
-    from ..index import SpeakerIndex, index_path_for
+    from ..index import SpeakerIndex
 
     with ctx.open_store() as store:
         n = store.remove_speaker(ctx.args.speaker)
-        SpeakerIndex.build(store, use_gpu=False).save(index_path_for(store.path))
+        SpeakerIndex.build(store, use_gpu=False).save_beside(store)
     ctx.emit({"speaker": ctx.args.speaker, "removed_samples": n},
              f"removed {ctx.args.speaker} ({n} samples)")
     return 0
@@ -165,7 +165,7 @@ def cmd_import(ctx) -> int:
     if not groups:
         raise VoxguardError(f"{root}: no speakers with audio files found for layout {a.layout}")
     reports = []
-    if not ctx.store_path.exists():
+    if not ctx.store_location.exists():
         ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
     with ctx.open_store(create=True) as store:
         enr = _enroller(ctx, store)
@@ -208,7 +208,7 @@ def _embedding_for(ctx, store, ref: str):
 
 def _maybe_store(ctx):
     try:
-        return ctx.open_store(readonly=True) if ctx.store_path.exists() else None
+        return ctx.open_store(readonly=True) if ctx.store_location.exists() else None
     except StoreError:
         if getattr(ctx.args, "store", None):
             raise
@@ -252,7 +252,7 @@ def cmd_identify(ctx) -> int:
         scorer = SpeakerScorer.for_store(store, idx)
         th = scorer.thresholds
     if idx.n_speakers == 0:
-        raise StoreError(f"{ctx.store_path} has no enrolled speakers")
+        raise StoreError(f"{ctx.store_location} has no enrolled speakers")
     res = scorer.search(emb[None, :], k=ctx.args.top, neighbors=max(16, ctx.args.top * 4))[0]
     best = res.best
     data = {

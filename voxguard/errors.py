@@ -24,6 +24,10 @@ class StoreError(VoxguardError):
     """The speaker store cannot be opened or does not hold what was asked for."""
 
 
+class StoreMissing(StoreError):
+    """There is no store at the location yet (nothing enrolled)."""
+
+
 class EmbedderMismatch(StoreError):
     """Embeddings from a different embedder would be mixed into a store."""
 

@@ -25,13 +25,13 @@ import numpy as np
 from .bands import BANDS, WIDE
 from .embedders.base import l2_normalise
 from .errors import StoreError
-from .store import SpeakerStore
+from .store import INDEX_SUFFIX, Store
 
 INDEX_FORMAT = 2
 
 
 def index_path_for(store_path: str | Path) -> Path:
-    return Path(str(store_path) + ".faiss")
+    return Path(str(store_path) + INDEX_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class SpeakerIndex:
 
     # -- construction --------------------------------------------------------------
     @classmethod
-    def build(cls, store: SpeakerStore, use_gpu: bool | None = None) -> "SpeakerIndex":
+    def build(cls, store: Store, use_gpu: bool | None = None) -> "SpeakerIndex":
         table = store.embeddings()
         names = sorted({s for s, k in zip(table.speakers, table.kinds) if k == "genuine"})
         genuine_names = set(names)
@@ -152,7 +152,7 @@ class SpeakerIndex:
     def n_samples(self) -> int:
         return self._samples_cpu.ntotal
 
-    def is_current(self, store: SpeakerStore) -> bool:
+    def is_current(self, store: Store) -> bool:
         return self.store_id == store.store_id and self.revision == store.revision
 
     # -- persistence -----------------------------------------------------------------
@@ -196,10 +196,18 @@ class SpeakerIndex:
         return cls(meta["speakers"], centroids, ids, spk, kind, vectors, meta["store_id"], meta["revision"],
                    meta["embedder"], use_gpu=use_gpu, band_centroids=bands)
 
+    def save_beside(self, store: Store) -> None:
+        """Save as the store's index file, when the store has one (a PostgreSQL store has none)."""
+        if store.index_path is not None:
+            self.save(store.index_path)
+
     @classmethod
-    def for_store(cls, store: SpeakerStore, use_gpu: bool | None = None, save: bool = True) -> "SpeakerIndex":
-        """The store's index, loaded from beside it, or rebuilt (and saved) when missing or stale."""
-        path = index_path_for(store.path)
+    def for_store(cls, store: Store, use_gpu: bool | None = None, save: bool = True) -> "SpeakerIndex":
+        """The store's index, loaded from beside it, or rebuilt (and saved) when missing or stale;
+        built in memory for a store without an index file (PostgreSQL)."""
+        path = store.index_path
+        if path is None:
+            return cls.build(store, use_gpu=use_gpu)
         if path.exists():
             try:
                 idx = cls.load(path, use_gpu=use_gpu)
