@@ -42,6 +42,12 @@ class DaemonMetrics:
                                         "Windows with clone suspicion, by level", ["level"], registry=r)
         self.errors = Counter("voxguard_errors_total", "Streams ended by an error, by code", ["code"], registry=r)
         self.reloads = Counter("voxguard_reloads_total", "Store/index reloads, by result", ["result"], registry=r)
+        self.store_errors = Counter("voxguard_store_errors_total",
+                                    "Failures to read or reload the store while following it (each retry counts)",
+                                    registry=r)
+        self.store_degraded = Gauge("voxguard_store_degraded",
+                                    "1 while the store cannot be read (streams are served from the loaded index)",
+                                    registry=r)
         self.model = Info("voxguard_model", "The embedder in use", registry=r)
         self.index = Info("voxguard_index", "The index in use", registry=r)
         self.index_speakers = Gauge("voxguard_index_speakers", "Enrolled speakers in the index", registry=r)

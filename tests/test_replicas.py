@@ -1,0 +1,285 @@
+"""Replicas follow the store by themselves: real daemons (``voxguard serve`` subprocesses) on a
+real PostgreSQL store (throwaway server, tests/pg_support.py) and on an SQLite file, real
+WebSocket streams, enrollment through the real CLI — and the bad inputs of a store URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import run_cli
+from daemon_support import DaemonProcess, free_port, held_out
+
+from voxguard.clients import Client
+from voxguard.clients.sources import ArraySource
+from voxguard.embedders.base import EmbedderIdentity, l2_normalise
+from voxguard.store import NewSample, open_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+FOLLOW_DEADLINE = 2.0  # seconds from the enrollment's commit to both replicas identifying the speaker
+
+
+def seed(location: str, identity: EmbedderIdentity, speakers=("s1", "s2", "s3"), seed: int = 0) -> None:
+    """Speakers with random voiceprints under ``identity`` (distractors; nothing to embed)."""
+    rng = np.random.default_rng(seed)
+    with open_store(location) as store:
+        for name in speakers:
+            samples = [NewSample(sha256=hashlib.sha256(f"{name}{i}".encode()).hexdigest(),
+                                 embedding=l2_normalise(rng.standard_normal(identity.dim)).astype(np.float32),
+                                 duration=2.0, source_path=f"/seed/{name}{i}.wav") for i in range(3)]
+            store.add_samples(name, "genuine", samples, identity)
+
+
+def readyz(d: DaemonProcess) -> dict:
+    with urllib.request.urlopen(d.http + "/readyz", timeout=30) as r:
+        assert r.status == 200
+        return json.loads(r.read())
+
+
+def metric(d: DaemonProcess, name: str) -> float:
+    with urllib.request.urlopen(d.http + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def long_audio(an4_speakers, name: str, seconds: float) -> np.ndarray:
+    clips = [sf.read(str(p), dtype="float32")[0] for p in held_out(an4_speakers, name)]
+    reps = int(np.ceil(seconds / sum(len(c) / 16000 for c in clips)))
+    return np.concatenate(clips * reps)
+
+
+def commit_time(url: str, timeout: float = 180) -> float:
+    """When the next write to the store at ``url`` committed: the NOTIFY it sends in its
+    transaction, heard on a LISTEN connection of the test's own."""
+    import psycopg
+
+    from voxguard.store_pg import NOTIFY_CHANNEL
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        for _ in db.notifies(timeout=timeout, stop_after=1):
+            return time.monotonic()
+    raise AssertionError("no write to the store was announced")
+
+
+class Watch:
+    """One stream to a daemon, recording when each speaker was first identified."""
+
+    def __init__(self, d: DaemonProcess, audio: np.ndarray):
+        self.d, self.audio = d, audio
+        self.first: dict[str, float] = {}
+        self.identities = 0
+        self.events: list = []
+        self.stop = asyncio.Event()
+        self.summary = None
+
+    async def run(self) -> None:
+        client = Client(self.d.url)
+        async for ev in client.stream(ArraySource(self.audio, 16000), stop=self.stop):
+            self.events.append(ev)
+            if ev.type == "identity":
+                self.identities += 1
+                if ev.speaker is not None:
+                    self.first.setdefault(ev.speaker, time.monotonic())
+            elif ev.type == "summary":
+                self.summary = ev
+
+
+async def _until(pred, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return pred()
+
+
+# -- two replicas on one PostgreSQL store ------------------------------------------------------------
+@pytest.mark.an4
+def test_two_replicas_identify_a_new_speaker_within_2_s_of_its_enrollment(pg_url, embedder, an4_speakers):
+    new = "fbbh"
+    seed(pg_url, embedder.identity)
+    daemons = [DaemonProcess(pg_url), DaemonProcess(pg_url)]
+    try:
+        with open_store(pg_url, readonly=True) as s:
+            rev0 = s.revision
+        for d in daemons:
+            r = readyz(d)
+            assert r["revision"] == rev0 and not r["degraded"] and r["store"]["engine"] == "postgresql"
+            assert "@" in r["store"]["location"] and pg_url.split(":")[2].split("@")[0] not in json.dumps(r)
+        audio = long_audio(an4_speakers, new, 150)
+        enroll_files = [str(p) for p in an4_speakers[new][:3]]
+
+        async def scenario():
+            watches = [Watch(d, audio) for d in daemons]
+            tasks = [asyncio.create_task(w.run()) for w in watches]
+            assert await _until(lambda: all(w.identities >= 2 for w in watches), 60), "streams produce no identity"
+            heard = asyncio.ensure_future(asyncio.to_thread(commit_time, pg_url))
+            await asyncio.sleep(0.5)  # LISTEN is in place
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "voxguard.cli", "--store", pg_url, "--device", "cpu", "enroll", "add",
+                new, *enroll_files, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            committed = await heard
+            await _until(lambda: all(new in w.first for w in watches), 30)
+            for w in watches:
+                w.stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)  # no stream raised (dropped / error event)
+            return watches, committed
+
+        watches, committed = asyncio.run(scenario())
+        delays = [w.first.get(new, float("inf")) - committed for w in watches]
+        print(f"\nnew speaker identified {['%.2f s' % x for x in delays]} after the enrollment committed")
+        assert all(x > -0.5 for x in delays)  # not before (within the test's own notification delay)
+        assert all(x <= FOLLOW_DEADLINE for x in delays), delays
+        for w in watches:
+            assert w.summary is not None and not [e for e in w.events if e.type == "error"]
+        with open_store(pg_url, readonly=True) as s:
+            rev = s.revision
+        for d in daemons:
+            r = readyz(d)
+            assert r["revision"] == rev > rev0 and r["index"]["enrolled_speakers"] == 4
+            assert metric(d, 'voxguard_reloads_total{result="ok"}') >= 1
+            assert metric(d, "voxguard_store_errors_total") == 0
+    finally:
+        for d in daemons:
+            d.terminate()
+
+
+# -- an SQLite store is polled ------------------------------------------------------------------------
+def test_sqlite_replica_follows_a_cli_removal_without_a_reload_call(tmp_path, embedder):
+    store = tmp_path / "vg.db"
+    seed(str(store), embedder.identity)
+    d = DaemonProcess(store)
+    try:
+        r = readyz(d)
+        assert r["index"]["enrolled_speakers"] == 3 and r["store"]["engine"] == "sqlite"
+        rc = run_cli("enroll", "remove", "s2", store=store)
+        assert rc.returncode == 0, rc.stderr
+        t0 = time.monotonic()
+        while readyz(d)["index"]["enrolled_speakers"] != 2 and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        assert took <= FOLLOW_DEADLINE, took
+        with open_store(store, readonly=True) as s:
+            assert readyz(d)["revision"] == s.revision
+    finally:
+        d.terminate()
+
+
+# -- the database going away while serving -----------------------------------------------------------------
+@pytest.mark.an4
+def test_database_going_away_degrades_keeps_streams_and_reconnects(embedder, an4_speakers):
+    from pg_support import MISSING, PgCluster, pg_bindir
+
+    if pg_bindir() is None:
+        pytest.skip(MISSING)
+    cluster = PgCluster(pg_bindir())  # its own server: this test stops and restarts it
+    d = None
+    try:
+        url = cluster.new_database()
+        seed(url, embedder.identity)
+        d = DaemonProcess(url, extra=("-v",))
+        audio = long_audio(an4_speakers, "fash", 120)
+
+        async def scenario():
+            w = Watch(d, audio)
+            task = asyncio.create_task(w.run())
+            assert await _until(lambda: w.identities >= 2, 60)
+            await asyncio.to_thread(cluster.stop, "fast")
+            assert await _until(lambda: readyz(d)["degraded"], 10), readyz(d)
+            r = readyz(d)
+            assert r["store"]["state"] == "degraded" and r["store"]["reason"] and r["ready"]
+            assert cluster.password not in json.dumps(r)
+            before = w.identities
+            assert await _until(lambda: w.identities >= before + 4, 30), "the stream stopped while degraded"
+            assert metric(d, "voxguard_store_errors_total") >= 1 and metric(d, "voxguard_store_degraded") == 1
+            await asyncio.to_thread(cluster.start)
+            assert await _until(lambda: not readyz(d)["degraded"], 20), readyz(d)
+            seed(url, embedder.identity, speakers=("late",), seed=1)  # heard through the new LISTEN
+            with open_store(url, readonly=True) as s:
+                rev = s.revision
+            assert await _until(lambda: readyz(d)["revision"] == rev, FOLLOW_DEADLINE + 1), readyz(d)
+            assert metric(d, "voxguard_store_degraded") == 0
+            w.stop.set()
+            await asyncio.wait_for(task, 60)
+            return w
+
+        w = asyncio.run(scenario())
+        assert w.summary is not None
+        log = d.log_tail(400)
+        assert cluster.password not in log
+        # one error line for the outage (not one per retry), one line when it is over
+        assert len([ln for ln in log.splitlines() if "serving from the loaded index" in ln]) == 1, log
+        assert "no longer degraded" in log
+    finally:
+        if d is not None:
+            d.terminate()
+        cluster.destroy()
+
+
+# -- bad input ----------------------------------------------------------------------------------------------
+def _one_error_line(r) -> str:
+    err = r.stderr.decode().strip()
+    assert r.returncode != 0 and r.stdout.decode().strip() == "", (r.returncode, r.stdout, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voxguard: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("url", ["mysql://root:pw@db/voxguard", "http://example.com/store", "sqlite3://x.db",
+                                 "postgresq://x/y"])
+def test_unsupported_store_url_is_refused_and_creates_nothing(tmp_path, url, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args, env in ((("enroll", "list"), None), (("enroll", "stats"), None), (("serve", "--port", "0"), None),
+                      (("enroll", "list"), {"VOXGUARD_STORE": url})):
+        r = run_cli(*args, "--store", url, env=env) if env is None else run_cli(*args, env=env)
+        line = _one_error_line(r)
+        assert "unsupported store URL" in line and "pw" not in line
+    assert list(tmp_path.iterdir()) == []  # no folder named after the scheme
+
+
+def test_unreachable_database_one_line_nonzero_exit():
+    url = f"postgresql://voxguard:s3cret-pw@127.0.0.1:{free_port()}/voxguard"
+    for args in (("enroll", "list"), ("serve", "--port", "0", "--device", "cpu")):
+        t0 = time.monotonic()
+        line = _one_error_line(run_cli(*args, "--store", url, timeout=120))
+        assert "cannot connect to store postgresql://voxguard:***@127.0.0.1" in line
+        assert "s3cret" not in line and time.monotonic() - t0 < 60
+
+
+def test_wrong_password_one_line_without_the_password(pg_cluster, pg_url):
+    seed(pg_url, EmbedderIdentity("resemblyzer", 8, "x"))
+    wrong = pg_url.replace(pg_cluster.password, "Wr0ng-Passw0rd")
+    for args in (("enroll", "list"), ("serve", "--port", "0", "--device", "cpu")):
+        r = run_cli(*args, "--store", wrong)
+        line = _one_error_line(r)
+        assert "password authentication failed" in line
+        assert "Wr0ng-Passw0rd" not in line and pg_cluster.password not in line
+
+
+def test_postgres_store_of_another_embedder_is_refused(pg_url, tmp_path):
+    other = EmbedderIdentity("resemblyzer", 256, "some-other-weights")
+    seed(pg_url, other)
+    with open_store(pg_url, readonly=True) as s:
+        rev = s.revision
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), (0.1 * np.sin(np.arange(32000) / 7)).astype(np.float32), 16000)
+    for args in (("serve", "--port", "0", "--device", "cpu", "--embedder", "resemblyzer"),
+                 ("enroll", "add", "bob", str(wav), "--embedder", "resemblyzer", "--device", "cpu")):
+        line = _one_error_line(run_cli(*args, "--store", pg_url))
+        assert "holds embeddings from resemblyzer" in line and "some-other-weights" in line
+    with open_store(pg_url, readonly=True) as s:
+        assert s.revision == rev and [x.name for x in s.speakers()] == ["s1", "s2", "s3"]
