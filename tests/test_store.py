@@ -283,3 +283,100 @@ def test_schema_1_store_is_migrated_on_write_and_readable_read_only(tmp_path):
     with SpeakerStore(path) as s:
         assert s._meta("schema_version") == str(SCHEMA_VERSION)
         assert s.samples()[0].speaker == "bob" and len(s.samples_without_view("wide")) == 1
+
+
+def test_wait_for_change_then_state_shows_another_writers_commit(backend):
+    import threading
+    import time
+
+    with backend.open() as follower, backend.open() as writer:
+        before = follower.state()
+
+        def write():
+            time.sleep(0.3)
+            writer.add_samples("alice", "genuine", [sample("w1")], IDENT)
+
+        t = threading.Thread(target=write)
+        t0 = time.monotonic()
+        t.start()
+        seen = before
+        while seen == before and time.monotonic() - t0 < 5:
+            follower.wait_for_change(0.5)
+            seen = follower.state()
+        t.join()
+        assert seen == (before[0], before[1] + 1)
+        if backend.engine == "postgresql":  # woken by the NOTIFY, not by the timeout
+            assert time.monotonic() - t0 < 0.3 + 0.45
+
+
+def test_concurrent_writers_queue_and_both_land(backend):
+    """Two processes' connections adding the same new speaker at once (the write lock)."""
+    import threading
+
+    stores = [backend.open() for _ in range(2)]
+    stores[0].close()  # created; now two writers race on a fresh speaker
+    stores = [backend.open() for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def add(s, tag):
+        try:
+            s.add_samples("carol", "genuine", [sample(tag)], IDENT)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=add, args=(s, f"c{i}")) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert errors == []
+    with backend.open(readonly=True) as s:
+        assert s.speaker("carol").genuine == 2
+
+
+@pytest.mark.parametrize("value", ["mysql://u:pw@h/db", "http://example.com/x", "sqlite://x.db", "s3://b/k"])
+def test_unsupported_url_schemes_are_refused(value, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match="unsupported store URL") as e:
+        open_store(value)
+    assert "pw" not in e.value.message and list(tmp_path.iterdir()) == []
+
+
+def test_locations():
+    loc = parse_store_location("postgresql://vg:secret@db.example:5433/voxguard?sslmode=require")
+    assert loc.engine == "postgresql" and loc.index_path is None and loc.path is None
+    assert str(loc) == "postgresql://vg:***@db.example:5433/voxguard?sslmode=require"
+    assert str(parse_store_location("postgres://h/db?password=secret&x=1")) == "postgres://h/db?password=***&x=1"
+    assert parse_store_location("POSTGRESQL://h/db").engine == "postgresql"
+    f = parse_store_location("~/x/s.db")
+    assert f.engine == "sqlite" and f.path == Path("~/x/s.db").expanduser()
+    assert f.index_path == Path(str(f.path) + ".faiss")
+    assert parse_store_location("rel:colon.db").engine == "sqlite"  # no '//': a file name
+
+
+def test_postgres_database_of_another_application_is_refused(pg_url):
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("CREATE TABLE notes (t TEXT)")
+    for kw in ({}, {"readonly": True}):
+        with pytest.raises(StoreError, match="not a voxguard store .*notes"):
+            open_store(pg_url, **kw)
+    with psycopg.connect(pg_url, autocommit=True) as db:  # nothing was created
+        assert db.execute("SELECT count(*) FROM information_schema.tables "
+                          "WHERE table_schema = 'public'").fetchone()[0] == 1
+
+
+def test_postgres_store_in_its_own_schema(pg_url):
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("CREATE TABLE notes (t TEXT)")
+        db.execute("CREATE SCHEMA vg")
+    url = pg_url + "?options=-csearch_path%3Dvg"
+    with open_store(url) as s:
+        s.add_samples("alice", "genuine", [sample("a1")], IDENT)
+    with open_store(url, readonly=True) as s:
+        assert [x.name for x in s.speakers()] == ["alice"]
