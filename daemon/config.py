@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from voxguard.errors import VoxguardError
-from voxguard.store import StoreLocation
+from voxguard.store import StoreLocation, parse_store_location
 
 from .session import SessionLimits
 
@@ -41,6 +41,9 @@ class ServeConfig:
     faiss_threads: int = 1
     follow_interval: float = 0.5  # seconds between store revision checks (SQLite poll; PostgreSQL listen timeout)
     limits: SessionLimits = field(default_factory=SessionLimits)
+
+    def __post_init__(self) -> None:  # a path or URL given directly becomes a StoreLocation
+        object.__setattr__(self, "store", parse_store_location(self.store))
 
     @property
     def auth_required(self) -> bool:
