@@ -283,3 +283,19 @@ def test_postgres_store_of_another_embedder_is_refused(pg_url, tmp_path):
         assert "holds embeddings from resemblyzer" in line and "some-other-weights" in line
     with open_store(pg_url, readonly=True) as s:
         assert s.revision == rev and [x.name for x in s.speakers()] == ["s1", "s2", "s3"]
+
+
+def test_replica_started_on_an_empty_database_picks_up_the_first_enrollment(pg_url, embedder):
+    d = DaemonProcess(pg_url)  # a fresh deployment: the database exists, the store not yet
+    try:
+        r = readyz(d)
+        assert r["index"]["enrolled_speakers"] == 0 and not r["degraded"]
+        assert r["store"]["state"] in ("starting", "missing")
+        seed(pg_url, embedder.identity, speakers=("first",))
+        t0 = time.monotonic()
+        while readyz(d)["index"]["enrolled_speakers"] != 1 and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        assert time.monotonic() - t0 <= FOLLOW_DEADLINE
+        assert readyz(d)["store"]["state"] == "ok"
+    finally:
+        d.terminate()
