@@ -7,7 +7,9 @@ How a change is noticed is the store's business (:meth:`Store.wait_for_change`):
 PostgreSQL store LISTENs for the NOTIFY its writers send in the transaction that bumps the
 revision; an SQLite file is polled (one indexed read of the revision every interval).
 Either way the follower then reads ``(store id, revision)`` and reloads when it differs
-from the loaded snapshot's, so notifications that arrive during a reload are never lost.
+from the loaded snapshot's, so notifications that arrive during a reload are never lost
+(they are coalesced: one reload catches up with all of them, and a reload that took d
+seconds is followed by at least d seconds without one).
 
 When the store cannot be read (the database went away, a reload failed), the daemon keeps
 serving every stream from the snapshot it has, reports ``degraded`` with the reason on
@@ -45,6 +47,7 @@ class StoreFollower:
         self.store_revision: int | None = None
         self.checked_at: float | None = None
         self._store: Store | None = None
+        self._calm_until = 0.0  # no reload before this (monotonic): see _check
 
     @property
     def degraded(self) -> bool:
@@ -74,8 +77,14 @@ class StoreFollower:
         store_id, revision = await asyncio.to_thread(self._store.state)
         self.store_revision = revision
         if (store_id, revision) != self._loaded():
+            # during a bulk import every speaker's commit announces a revision: reloading back to
+            # back would keep a replica (and the database) busy reloading; after a reload that took
+            # d seconds the next one waits d seconds, so at most half the time goes to reloading
+            await asyncio.sleep(max(0.0, self._calm_until - time.monotonic()))
             log.info("store %s is at revision %d: reloading", self.location, revision)
+            t0 = time.monotonic()
             await self._reload()
+            self._calm_until = time.monotonic() + (time.monotonic() - t0)
         self._mark("ok", None)
 
     def _mark(self, state: str, reason: str | None) -> None:
