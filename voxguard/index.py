@@ -76,8 +76,8 @@ def _serialize(index: faiss.Index) -> np.ndarray:
 # (256-d, batches of 64 queries as the daemon searches, 2 cores; figures in docs/scaling.md):
 # exact search costs ~25 ns per stored vector per query, so below EXACT_MAX_ROWS it stays
 # under ~0.5 ms a query (a tenth of embedding one window on a CPU core); above, IVF-Flat keeps
-# recall@1 = 1.0 on the real AN4 queries at 100 k and 1 M, builds ~10x faster than HNSW (a
-# replica rebuilds its index on every reload), and searches faster.
+# recall@1 = 1.0 on the real AN4 queries at 100 k and 1 M, builds 10-16x faster than HNSW (1 M:
+# 171 s vs 2697 s; a replica rebuilds its index on every reload) and searches 3-5x faster.
 EXACT_MAX_ROWS = 20_000
 IVF_NPROBE = 16  # lists searched per query
 IVF_MAX_LISTS = 4096
