@@ -299,3 +299,34 @@ def test_replica_started_on_an_empty_database_picks_up_the_first_enrollment(pg_u
         assert readyz(d)["store"]["state"] == "ok"
     finally:
         d.terminate()
+
+
+def test_cli_commands_on_a_postgres_store(pg_url, embedder):
+    """stats / list / show / calibrate / remove through the CLI against PostgreSQL."""
+    from voxguard.bands import BANDS
+
+    rng = np.random.default_rng(5)
+    centres = l2_normalise(rng.standard_normal((12, embedder.identity.dim)))
+    with open_store(pg_url) as store:
+        for i, c in enumerate(centres):
+            samples = []
+            for j in range(4):
+                views = {b: l2_normalise(c + 0.4 * rng.standard_normal((3, len(c)))).astype(np.float32) for b in BANDS}
+                samples.append(NewSample(hashlib.sha256(f"{i}/{j}".encode()).hexdigest(),
+                                         l2_normalise(views["wide"].mean(axis=0, keepdims=True))[0], 2.0,
+                                         f"/seed/{i}/{j}.wav", views=views))
+            store.add_samples(f"spk{i:02d}", "genuine", samples, embedder.identity)
+    r = run_cli("--json", "enroll", "stats", "--store", pg_url)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["speakers"] == 12 and stats["genuine_samples"] == 48 and stats["size_bytes"] > 0
+    assert stats["store"].startswith("postgresql://voxguard:***@")
+    assert run_cli("enroll", "show", "spk03", "--store", pg_url).returncode == 0
+    r = run_cli("--json", "calibrate", "--backend", "cosine", "--no-clone-detector", "--store", pg_url)
+    assert r.returncode == 0, r.stderr.decode()
+    with open_store(pg_url, readonly=True) as s:
+        assert s.latest_calibration() is not None
+    r = run_cli("enroll", "remove", "spk00", "--store", pg_url)
+    assert r.returncode == 0, r.stderr
+    with open_store(pg_url, readonly=True) as s:
+        assert [x.name for x in s.speakers()][0] == "spk01"
