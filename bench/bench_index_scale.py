@@ -97,7 +97,7 @@ def make(kind: str, n: int, db: np.ndarray, args) -> tuple[faiss.Index, dict]:
         index.hnsw.efSearch = args.ef_search
         params = {"M": args.hnsw_m, "efConstruction": args.ef_construction, "efSearch": args.ef_search}
     elif kind == "ivf":
-        nlist = int(min(args.ivf_max_lists, max(16, round(4 * np.sqrt(n)))))
+        nlist = int(min(args.ivf_max_lists, max(16, round(args.ivf_factor * np.sqrt(n)))))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, nlist, faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(nlist, args.nprobe)
         params = {"nlist": nlist, "nprobe": index.nprobe}
@@ -129,6 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ef-construction", type=int, default=64)
     ap.add_argument("--ef-search", type=int, default=64)
     ap.add_argument("--nprobe", type=int, default=16)
+    ap.add_argument("--ivf-factor", type=float, default=4.0, help="IVF lists = factor x sqrt(n)")
     ap.add_argument("--ivf-max-lists", type=int, default=4096)
     ap.add_argument("--random-queries", type=int, default=1024)
     ap.add_argument("--work", type=Path, default=Path("/tmp/voxguard-bench"))

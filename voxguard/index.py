@@ -73,11 +73,14 @@ def _serialize(index: faiss.Index) -> np.ndarray:
 
 # -- the index type, chosen by size -------------------------------------------------------------
 # Measured with  nice -n 10 .venv/bin/python bench/bench_index_scale.py --sizes 10000,100000,1000000
+# and  ... --sizes 50000,100000,1000000 --kinds flat,ivf --ivf-factor 1
 # (256-d, batches of 64 queries as the daemon searches, 2 cores; figures in docs/scaling.md):
 # exact search costs ~25 ns per stored vector per query, so below EXACT_MAX_ROWS it stays
 # under ~0.5 ms a query (a tenth of embedding one window on a CPU core); above, IVF-Flat keeps
 # recall@1 = 1.0 on the real AN4 queries at 100 k and 1 M, builds 10-16x faster than HNSW (1 M:
-# 171 s vs 2697 s; a replica rebuilds its index on every reload) and searches 3-5x faster.
+# 171 s vs 2697 s) and searches 3-5x faster.  A replica rebuilds its index on every reload, so
+# the lists are ~sqrt(n), not 4 sqrt(n): 12x cheaper to train at 1 M (14 s vs 171 s, the
+# training dominates a reload) for the same recall and about the same speed-up over exact search.
 EXACT_MAX_ROWS = 20_000
 IVF_NPROBE = 16  # lists searched per query
 IVF_MAX_LISTS = 4096
@@ -85,8 +88,8 @@ IVF_TRAIN_PER_LIST = 64  # k-means training points per list (sampled, at most al
 
 
 def ivf_lists(n: int) -> int:
-    """IVF lists for n rows: about 4 sqrt(n), with at least 39 training points each (FAISS's minimum)."""
-    return int(max(16, min(IVF_MAX_LISTS, round(4 * np.sqrt(n)), n // 39)))
+    """IVF lists for n rows: about sqrt(n), with at least 39 training points each (FAISS's minimum)."""
+    return int(max(16, min(IVF_MAX_LISTS, round(np.sqrt(n)), n // 39)))
 
 
 def ip_index(vectors: np.ndarray, dim: int) -> faiss.Index:
