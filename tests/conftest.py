@@ -66,12 +66,15 @@ def speech_like(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A throwaway PostgreSQL server for the whole session (see tests/pg_support.py)."""
-    from pg_support import MISSING, PgCluster, pg_bindir
+    from pg_support import MISSING, NoServerUser, PgCluster, pg_bindir
 
     bindir = pg_bindir()
     if bindir is None:
         pytest.skip(MISSING)
-    cluster = PgCluster(bindir)
+    try:
+        cluster = PgCluster(bindir)
+    except NoServerUser as e:
+        pytest.skip(str(e))
     try:
         yield cluster
     finally:

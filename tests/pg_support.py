@@ -30,6 +30,10 @@ def pg_bindir() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
+class NoServerUser(RuntimeError):
+    pass
+
+
 class PgCluster:
     def __init__(self, bindir: Path):
         self.bindir = bindir
@@ -42,7 +46,11 @@ class PgCluster:
         if os.geteuid() == 0:
             import pwd
 
-            pw = pwd.getpwnam("postgres")
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise NoServerUser("running as root, PostgreSQL needs an unprivileged 'postgres' user "
+                                   "(the Debian package postgresql creates it)") from None
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
         pwfile = self.dir / "pw"
