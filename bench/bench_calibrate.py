@@ -44,18 +44,27 @@ def build_store(path: Path) -> None:
     print(f"built {path}: {n} utterances embedded in {time.perf_counter() - t0:.1f} s")
 
 
+def ensure_store(path: Path | None) -> Path | None:
+    """``path`` (a temporary file when ``None``), with AN4 embedded into it if it does not exist;
+    ``None`` when AN4 is not available."""
+    path = path or Path(tempfile.mkdtemp(prefix="voxguard-bench-")) / "an4.db"
+    if not path.exists():
+        if not (AN4 / "wav" / "an4_clstk").is_dir():
+            print(f"AN4 not found at {AN4} (set VOXGUARD_AN4)", file=sys.stderr)
+            return None
+        build_store(path)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, help="AN4 store to reuse (built there when missing)")
     ap.add_argument("--seeds", type=int, default=3, help="evaluation splits (seeds 0..N-1)")
     ap.add_argument("--backends", default="cosine+asnorm,center+asnorm,whiten+asnorm,lda+asnorm,wccn,wccn+asnorm")
     a = ap.parse_args()
-    path = a.store or Path(tempfile.mkdtemp(prefix="voxguard-bench-")) / "an4.db"
-    if not path.exists():
-        if not (AN4 / "wav" / "an4_clstk").is_dir():
-            print(f"AN4 not found at {AN4} (set VOXGUARD_AN4)", file=sys.stderr)
-            return 1
-        build_store(path)
+    path = ensure_store(a.store)
+    if path is None:
+        return 1
     backends = [b for b in a.backends.split(",") if b]
     with SpeakerStore(path, readonly=True) as store:
         stats = store.stats()

@@ -67,6 +67,20 @@ def build_store(work: Path, embedder_name: str, device: str) -> Path:
     return path
 
 
+def start_daemon(store: Path, device: str, log_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    """``voxguard serve`` on an ephemeral loopback port; returns the process and its port."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    cmd = [sys.executable, "-m", "voxguard.cli", "--store", str(store), "--device", device, "serve",
+           "--port", "0", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True, env=env)
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"daemon did not start (see {log_path})")
+    return proc, int(line.rsplit(":", 1)[1].split("/")[0])
+
+
 def raw_throughput(embedder_name: str, device: str, seconds: float = 2.0, trials: int = 3) -> dict[int, float]:
     """Windows/s of ``embed`` per batch size: the best of ``trials`` (the machine may be shared)."""
     from voxguard.embedders import create_embedder
@@ -237,17 +251,9 @@ def main() -> int:
     raw = raw_throughput(args.embedder, args.device)
     print("raw embedder windows/s by batch:", {b: round(r, 1) for b, r in raw.items()}, flush=True)
     audio = stream_audio(max(args.duration, args.saturate))
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    env.pop("NOTIFY_SOCKET", None)
-    cmd = [sys.executable, "-m", "voxguard.cli", "--store", str(store), "--device", args.device, "serve",
-           "--port", "0", "--max-streams", str(args.streams + 8), *args.serve_args.split()]
-    log = open(args.work / "daemon.log", "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    proc, port = start_daemon(store, args.device, args.work / "daemon.log",
+                              ["--max-streams", str(args.streams + 8), *args.serve_args.split()])
     try:
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise SystemExit(f"daemon did not start (see {args.work / 'daemon.log'})")
-        port = int(line.rsplit(":", 1)[1].split("/")[0])
         url = f"ws://127.0.0.1:{port}/v1/stream"
         daemon = psutil.Process(proc.pid)
         rt = asyncio.run(phase(url, port, daemon, audio, args.streams, args.duration, realtime=True))

@@ -3,9 +3,11 @@
 Streams submit :class:`~voxguard.daemon.session.WindowJob` s from the event loop; a
 dedicated worker thread takes up to ``max_batch`` of them — waiting at most
 ``max_wait`` after the oldest one arrived for more to join — embeds them in one
-call (on the embedder's device: CUDA when present), searches the index for the
-window embeddings and the streams' running-mean embeddings in one batched FAISS
-call, assesses clone evidence, and hands the :class:`WindowResult` s to
+call (on the embedder's device: CUDA when present), then, for each group of windows
+that share a scoring snapshot and a band, scores them against every enrolled speaker
+in one backend call (window trial type: ranking, LLRs and the claimed speaker's score
+all come from that one score matrix), finds their nearest stored samples in one batched
+FAISS call, assesses clone evidence, and hands the :class:`WindowResult` s to
 ``deliver`` (which the server routes back to the event loop).  While a batch runs,
 new windows queue up, so batches grow with the load.
 """
@@ -17,8 +19,6 @@ import threading
 import time
 from collections import deque
 from typing import Callable, Sequence
-
-import numpy as np
 
 from .session import WindowJob, WindowResult
 from .snapshot import ScoringSnapshot
@@ -116,25 +116,31 @@ class Batcher:
             self.deliver(results)
 
     def process(self, batch: list[WindowJob]) -> list[WindowResult]:
-        """Embed, search and assess one batch (worker thread; also used by the benchmark)."""
-        snap = self._snapshot
+        """Embed, score and assess one batch (worker thread; also used by the benchmark)."""
         m = self.metrics
         t0 = time.perf_counter()
         vecs = self.embedder.embed([j.samples for j in batch])
         t1 = time.perf_counter()
-        session_vecs = np.stack([j.accumulator.add(v) for j, v in zip(batch, vecs)])
-        k = max(j.top_k for j in batch)
-        found = snap.search(np.concatenate([vecs, session_vecs]), k)
-        win_res, ses_res = found[: len(batch)], found[len(batch):]
-        claimed = [j.claimed for j in batch]
-        clones = snap.detector.assess_batch(win_res, claimed, [j.samples for j in batch])
-        t2 = time.perf_counter()
-        out = []
+        out: list[WindowResult | None] = [None] * len(batch)
+        groups: dict[tuple[int, str], list[int]] = {}
         for i, job in enumerate(batch):
-            r = WindowResult(job, win_res[i], ses_res[i], clone=clones[i], threshold=snap.thresholds.accept)
-            if job.claimed is not None:
-                r.claimed_window = snap.claimed_score(vecs[i], win_res[i], job.claimed)
-            out.append(r)
+            groups.setdefault((id(job.snapshot), job.band), []).append(i)
+        for (_, band), rows in groups.items():
+            snap = batch[rows[0]].snapshot
+            jobs = [batch[i] for i in rows]
+            if snap.scorer is None:
+                for i in rows:
+                    out[i] = WindowResult(batch[i])
+                continue
+            q = vecs[rows]
+            scores = snap.scorer.score_all(q, band)
+            found = snap.scorer.search(q, k=max(j.top_k for j in jobs), trial="window", band=band, scores=scores)
+            clones = snap.detector.assess_batch(found, [j.claimed for j in jobs], [j.samples for j in jobs])
+            for n, i in enumerate(rows):
+                job = batch[i]
+                col = None if job.claimed is None else snap.column(job.claimed)
+                out[i] = WindowResult(job, found[n], None if col is None else float(scores[n, col]), clones[n])
+        t2 = time.perf_counter()
         if m:
             m.batch_size.observe(len(batch))
             m.embedding_seconds.observe(t1 - t0)

@@ -293,9 +293,7 @@ class Daemon:
     def engine_info(self) -> EngineInfo:
         snap = self.snapshot
         ident = self.embedder.identity
-        return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device)}, index=snap.info(),
-                          thresholds={"accept": snap.thresholds.accept, "source": snap.thresholds.source},
-                          speakers=snap.speakers)
+        return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device)}, snapshot=snap)
 
     def _load(self) -> ScoringSnapshot:
         return load_snapshot(self.config.store, self.embedder.identity)

@@ -10,6 +10,10 @@ Audio path: PCM bytes -> float -> downmix -> streaming resample to 16 kHz
 (``soxr.ResampleStream``) -> webrtcvad segmenter (``speech_start`` / ``speech_end``)
 -> window scheduler over voiced audio -> window jobs.
 
+Decisions read the calibration of the stream's pinned scoring snapshot (the one current
+when the stream started) for the stream's band: ``telephone`` for input sampled at 8 kHz
+or less, else ``wide`` (:mod:`voxguard.bands`).
+
 Overload policy: at most ``max_pending`` windows of a stream wait for the embedder;
 when a new window would exceed that, the oldest window not yet taken by the
 embedder is dropped (counted, and reported by a ``warning`` event at most once per
@@ -28,15 +32,16 @@ import soxr
 
 from voxguard import SAMPLE_RATE
 from voxguard.audio import downmix, pcm_to_float
+from voxguard.bands import TELEPHONE, TELEPHONE_RATE, WIDE
 from voxguard.clone_detection import CloneAssessment
-from voxguard.embedders.base import l2_normalise
 from voxguard.index import SearchResult
 from voxguard.protocol import (PROTOCOL_VERSION, WARNINGS, ProtocolError, Start, Stop,
                                parse_client_text)
 from voxguard.vad import SpeechEnd, SpeechStart, VadConfig, VoiceActivityDetector, Voiced
 from voxguard.windows import WindowConfig, WindowScheduler
 
-from .decisions import CloneTracker, IdentityTracker, VerificationTracker
+from .decisions import CloneTracker, IdentityTracker, SessionEvidence, VerificationTracker
+from .snapshot import ScoringSnapshot
 
 
 @dataclass(frozen=True)
@@ -46,36 +51,51 @@ class SessionLimits:
     max_pending: int = 16  # windows waiting for the embedder, per stream
     enter_windows: int = 2
     exit_windows: int = 3
-    undecided_band: float = 0.02
+    undecided_band: float = 0.5  # LLR units: undecided within ±band of a threshold
     verify_min_windows: int = 3
+
+
+CALIBRATED_WINDOW_S = WindowConfig().window_s  # what enrollment windows, and so every calibration, use
 
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """What a stream is told in ``ready``: the model, the index and the thresholds."""
+    """What a stream is scored against: the model, and the scoring snapshot current when
+    the stream starts (index, calibration, clone detector), pinned for its whole life."""
 
     embedder: dict
-    index: dict
-    thresholds: dict
-    speakers: frozenset[str]
+    snapshot: ScoringSnapshot
 
     @property
-    def accept(self) -> float:
-        return float(self.thresholds["accept"])
+    def speakers(self) -> frozenset[str]:
+        return self.snapshot.speakers
 
+    @property
+    def index(self) -> dict:
+        return self.snapshot.info()
 
-class EmbeddingAccumulator:
-    """Running mean of a stream's window embeddings.  Only the batcher's worker thread
-    touches it, in window order, so it needs no lock."""
-
-    def __init__(self):
-        self._sum: np.ndarray | None = None
-        self.count = 0
-
-    def add(self, vec: np.ndarray) -> np.ndarray:
-        self._sum = vec.astype(np.float64) if self._sum is None else self._sum + vec
-        self.count += 1
-        return l2_normalise(self._sum.astype(np.float32))
+    def thresholds(self, band: str, limits: "SessionLimits", window_s: float = CALIBRATED_WINDOW_S) -> dict:
+        """The ``ready`` event's ``thresholds``: each decision's LLR threshold and calibration."""
+        snap = self.snapshot
+        cal = snap.calibration
+        win = snap.trial("window", band)
+        ses = snap.session(limits.verify_min_windows, band)
+        r = lambda x: None if x is None else round(float(x), 4)  # noqa: E731
+        return {"source": snap.thresholds.source if cal is None else cal.source,
+                "backend": "cosine" if cal is None else cal.backend_name, "band": band, "units": "llr",
+                "accept": r(win.accept_llr) if win else None,
+                "open_set_llr": r(snap.open_set_llr("window", band)),
+                "open_set_rate": None if cal is None else cal.open_set_alpha,
+                "undecided_band": limits.undecided_band,
+                "window": None if win is None else {"calibration": win.label(), "accept_llr": r(win.accept_llr),
+                                                    "far": r(win.far), "frr": r(win.frr)},
+                "session": None if ses is None else {"calibration": ses.label(), "accept_llr": r(ses.accept_llr),
+                                                     "far": r(ses.far), "frr": r(ses.frr)},
+                "notice": "; ".join(n for n in (
+                    None if cal is None else cal.notice,
+                    None if abs(window_s - CALIBRATED_WINDOW_S) < 1e-9 else
+                    f"windows are calibrated at {CALIBRATED_WINDOW_S:g} s; this stream's {window_s:g} s windows "
+                    f"are decided with that calibration") if n) or None}
 
 
 @dataclass(eq=False)
@@ -90,7 +110,8 @@ class WindowJob:
     received_at: float  # monotonic time the audio completing this window arrived
     claimed: str | None
     top_k: int
-    accumulator: EmbeddingAccumulator = field(repr=False)
+    snapshot: ScoringSnapshot = field(repr=False)  # the stream's pinned scoring state
+    band: str = WIDE
     cancelled: bool = False  # dropped by the overload policy
     taken: bool = False  # picked up by the embedder (can no longer be dropped)
 
@@ -98,11 +119,9 @@ class WindowJob:
 @dataclass
 class WindowResult:
     job: WindowJob
-    window: SearchResult | None = None
-    session: SearchResult | None = None
-    claimed_window: float | None = None  # the claimed speaker's score for this window
+    window: SearchResult | None = None  # speakers ranked by window score, with LLR and cosine
+    claimed_window: float | None = None  # the claimed speaker's backend score for this window
     clone: CloneAssessment | None = None
-    threshold: float | None = None
     error: str | None = None
 
 
@@ -119,7 +138,8 @@ def _r(x: float | None) -> float | None:
 
 
 def _top(result: SearchResult | None, k: int = 20) -> list[dict]:
-    return [] if result is None else [{"speaker": s.speaker, "score": _r(s.score)} for s in result.speakers[:k]]
+    return [] if result is None else [{"speaker": s.speaker, "score": _r(s.score), "llr": _r(s.llr),
+                                       "cosine": _r(s.cosine)} for s in result.speakers[:k]]
 
 
 class Session:
@@ -139,14 +159,15 @@ class Session:
         self._speech_started_at: float | None = None
         self.pending: deque[WindowJob] = deque()
         self._lock = threading.Lock()
-        self.accumulator = EmbeddingAccumulator()
+        self.band = WIDE
         self.identity: IdentityTracker | None = None
         self.verification: VerificationTracker | None = None
+        self.evidence = SessionEvidence()
         self.clone = CloneTracker()
+        self.heard: dict[str, int] = {}  # speaker -> windows the identity decision held it
         self.scored = 0
         self.dropped = 0
         self._warned_at = -1e9
-        self._last_session: SearchResult | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
     @property
@@ -193,15 +214,20 @@ class Session:
                                                   quality="HQ")
         self._vad = VoiceActivityDetector(VadConfig(aggressiveness=o.vad_aggressiveness, frame_ms=o.vad_frame_ms))
         self._windows = WindowScheduler(WindowConfig(window_s=o.window, hop_s=o.hop))
-        accept = self.engine.accept
-        self.identity = IdentityTracker(accept, self.limits.enter_windows, self.limits.exit_windows)
+        self.band = TELEPHONE if start.sample_rate <= TELEPHONE_RATE else WIDE
+        snap = self.engine.snapshot
+        open_set = snap.open_set_llr("window", self.band)
+        # uncalibrated (no calibration and no shipped default): no window ever names a speaker
+        self.identity = IdentityTracker(float("inf") if open_set is None else open_set,
+                                        self.limits.enter_windows, self.limits.exit_windows)
         if start.claimed_speaker is not None:
-            self.verification = VerificationTracker(start.claimed_speaker, accept, self.limits.undecided_band,
+            band = self.band
+            self.verification = VerificationTracker(start.claimed_speaker, snap.trial("window", band),
+                                                    lambda n: snap.session(n, band), self.limits.undecided_band,
                                                     self.limits.verify_min_windows)
         ready = self.event(
             "ready", 0.0, protocol_version=PROTOCOL_VERSION, embedder=self.engine.embedder,
-            index=self.engine.index,
-            thresholds={**self.engine.thresholds, "undecided_band": self.limits.undecided_band},
+            index=self.engine.index, thresholds=self.engine.thresholds(self.band, self.limits, o.window),
             decision={"enter_windows": self.limits.enter_windows, "exit_windows": self.limits.exit_windows,
                       "verify_min_windows": self.limits.verify_min_windows},
             input={"sample_rate": start.sample_rate, "encoding": start.encoding, "channels": start.channels},
@@ -228,6 +254,8 @@ class Session:
         x = pcm_to_float(data, self.start.encoding, self.start.channels)
         if self.start.encoding == "pcm_f32le" and not np.isfinite(x).all():
             raise ProtocolError("non_finite_audio", "pcm_f32le audio holds NaN or infinite samples")
+        if self.start.encoding == "pcm_f32le":
+            x = np.clip(x, -1.0, 1.0)  # full scale is ±1; louder samples clip, as a DAC would
         self._frames_in += len(x)
         if self.time > self.limits.max_duration:
             raise ProtocolError("duration_limit", f"the stream exceeded the maximum duration of "
@@ -271,7 +299,7 @@ class Session:
         claimed = self.start.claimed_speaker
         for w in windows:
             job = WindowJob(self, w.index, w.samples, w.start, w.end, stamp, claimed, self.start.options.top_k,
-                            self.accumulator)
+                            self.engine.snapshot, self.band)
             out.jobs.append(job)
         out.dropped = self._enqueue(out.jobs)
         if out.dropped and self.time - self._warned_at >= 1.0:
@@ -310,28 +338,33 @@ class Session:
         if result.error is not None:
             raise RuntimeError(result.error)
         self.scored += 1
-        if result.threshold is not None:
-            self.identity.threshold = result.threshold
-            if self.verification is not None:
-                self.verification.threshold = result.threshold
         win = {"index": job.index, "start": round(job.start, 4), "end": round(job.end, 4)}
         best = result.window.best if result.window else None
-        decision = self.identity.update(best.speaker if best else None, best.score if best else None)
-        self._last_session = result.session
-        sbest = result.session.best if result.session else None
+        decision = self.identity.update(best.speaker if best else None, best.llr if best else None)
+        if decision.speaker is not None:
+            self.heard[decision.speaker] = self.heard.get(decision.speaker, 0) + 1
+        if result.window is not None:
+            self.evidence.add([(s.speaker, s.score) for s in result.window.speakers])
+        snap = self.engine.snapshot
+        win_cal = snap.trial("window", self.band)
         events = [self.event(
             "identity", job.end, window=win, speaker=best.speaker if best else None,
-            score=_r(best.score) if best else None, margin=_r(result.window.margin) if result.window else None,
+            score=_r(best.score) if best else None, llr=_r(best.llr) if best else None,
+            cosine=_r(best.cosine) if best else None,
+            margin=_r(result.window.margin) if result.window else None,
             top=_top(result.window, job.top_k), decision=decision.as_dict(),
-            session={"speaker": sbest.speaker if sbest else None, "score": _r(sbest.score) if sbest else None,
-                     "top": _top(result.session, job.top_k), "windows": self.scored})]
+            threshold_llr=None if self.identity.threshold == float("inf") else _r(self.identity.threshold),
+            calibration=None if win_cal is None else win_cal.label(),
+            session=self.session_identity(job.top_k))]
         if self.verification is not None:
-            w, s = self.verification.update(result.claimed_window)
+            v = self.verification
+            w, _ = v.update(result.claimed_window)
             events.append(self.event(
-                "verification", job.end, claimed_speaker=self.verification.claimed,
-                threshold=_r(self.verification.threshold),
-                window={**win, "score": _r(result.claimed_window), "decision": w},
-                session={"score": _r(self.verification.session_score), "decision": s, "windows": self.verification.windows}))
+                "verification", job.end, claimed_speaker=v.claimed, threshold=_r(v.threshold),
+                calibration=None if win_cal is None else win_cal.label(),
+                window={**win, "score": _r(result.claimed_window), "llr": _r(v.window_llr(result.claimed_window)),
+                        "decision": w},
+                session=v.session_dict()))
         if result.clone is not None and self.clone.update(result.clone.score, result.clone.level):
             c = result.clone
             events.append(self.event("clone_suspicion", job.end, window=win, speaker=c.speaker,
@@ -339,18 +372,39 @@ class Session:
                                      session=self.clone.as_dict()))
         return events
 
+    def session_identity(self, k: int = 5) -> dict:
+        """Who the whole stream so far is (open set): the speaker with the best mean window
+        score, named when that mean's session LLR passes the open-set threshold."""
+        snap = self.engine.snapshot
+        n = self.evidence.windows
+        ranking = self.evidence.ranking(k)
+        cal = snap.session(n, self.band) if n else None
+        if not ranking or cal is None:
+            return {"speaker": None, "best": ranking[0][0] if ranking else None,
+                    "score": _r(ranking[0][1]) if ranking else None, "llr": None, "threshold_llr": None,
+                    "top": [{"speaker": s, "score": _r(v)} for s, v in ranking], "windows": n,
+                    "calibration": None}
+        threshold = snap.open_set_llr("session", self.band, n)
+        llrs = cal.llr([v for _, v in ranking])
+        named = float(llrs[0]) >= threshold
+        return {"speaker": ranking[0][0] if named else None, "best": ranking[0][0], "score": _r(ranking[0][1]),
+                "llr": _r(llrs[0]), "threshold_llr": _r(threshold),
+                "top": [{"speaker": s, "score": _r(v), "llr": _r(x)} for (s, v), x in zip(ranking, llrs)],
+                "windows": n, "calibration": cal.label()}
+
     def summary(self, reason: str) -> dict:
         """The ``summary`` event (after every job of the stream completed)."""
         duration = self.time
         speech = self.speech_seconds
-        sbest = self._last_session.best if self._last_session else None
-        ident = {"speaker": sbest.speaker if sbest else None, "score": _r(sbest.score) if sbest else None,
-                 "top": _top(self._last_session),
+        ident = {**self.session_identity(),
                  "decision": {"speaker": self.identity.current if self.identity else None,
-                              "changes": self.identity.changes if self.identity else 0}}
+                              "changes": self.identity.changes if self.identity else 0},
+                 "speakers_heard": [{"speaker": s, "windows": n} for s, n in
+                                    sorted(self.heard.items(), key=lambda kv: -kv[1])]}
         return self.event(
             "summary", duration, reason=reason, duration=round(duration, 4), speech_duration=round(speech, 4),
             speech_ratio=round(speech / duration, 4) if duration else 0.0,
+            band=self.band,
             windows={"emitted": self._windows.windows_emitted if self._windows else 0, "scored": self.scored,
                      "dropped": self.dropped},
             identity=ident, verification=self.verification.summary() if self.verification else None,

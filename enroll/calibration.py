@@ -27,12 +27,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..backend import ScoreBackend, pack_arrays, parse_backend_name
+from ..bands import BANDS, WIDE
 from ..embedders.base import l2_normalise
 from ..errors import VoxguardError
+from ..llr import (SessionCalibration, TrialCalibration, calibrate_trials, eer_point, error_rates,  # noqa: F401
+                   far_point, min_dcf)
 from ..store import EmbeddingTable, Store
+from .decision_trials import BandSamples, Trials, band_trials, merge_trials
 
 DEFAULT_BACKEND = "wccn+asnorm"  # measured best on AN4 (see README: Calibration)
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
+DECISIONS_VERSION = 1
+DEFAULT_OPEN_SET_ALPHA = 0.02
+ASNORM_BOUND_PERCENTILE = 5.0
 MIN_CROSS_FIT_SPEAKERS = 6
 
 
@@ -52,6 +59,8 @@ class CalibrationConfig:
     cohort_max: int = 4000  # AS-norm: cohort rows kept (random subset beyond this)
     folds: int = 5  # speaker groups for cross-fitted trial scores
     seed: int = 0
+    open_set_alpha: float = DEFAULT_OPEN_SET_ALPHA  # chance an unenrolled speaker is named (open-set identification)
+    asnorm_bound: bool = True  # bound AS-norm statistics by the cohort's own (see voxguard.backend)
 
     def check(self) -> None:
         try:
@@ -70,6 +79,8 @@ class CalibrationConfig:
             raise CalibrationError("the AS-norm cohort needs at least 2 rows")
         if self.folds < 2:
             raise CalibrationError("cross-fitting needs at least 2 folds")
+        if not 0 < self.open_set_alpha < 0.5:
+            raise CalibrationError("the open-set false-identification rate must be between 0 and 0.5")
 
     def backend_params(self) -> dict:
         transform, asnorm = parse_backend_name(self.backend)
@@ -150,6 +161,13 @@ def train_backend(vectors: np.ndarray, speakers: list[str] | np.ndarray, config:
         backend.cohort_speakers = [str(s) for s in uniq]
         backend.cohort_labels = labels[rows].astype(np.int64)
         backend.asnorm_top = config.asnorm_top
+        if config.asnorm_bound:
+            # the cohort's own statistics (each row's speaker left out): their low percentiles bound
+            # the statistics of any recording, however unlike the cohort it is
+            mu, sd = backend.cohort_stats(backend.cohort, backend.cohort_labels)
+            backend.std_floor = float(np.percentile(sd, ASNORM_BOUND_PERCENTILE))
+            backend.mean_floor = float(np.percentile(mu, ASNORM_BOUND_PERCENTILE))
+            backend.params.update(std_floor=backend.std_floor, mean_floor=backend.mean_floor)
     return backend
 
 
@@ -211,63 +229,79 @@ def speaker_folds(names: list[str], folds: int, seed: int) -> list[list[str]]:
     return [sorted(str(n) for n in order[f::folds]) for f in range(folds)]
 
 
-def cross_fitted_trials(config: CalibrationConfig, gen_x: np.ndarray, gen_spk: np.ndarray,
-                        clone_x: np.ndarray, clone_spk: np.ndarray) -> tuple[TrialScores, int]:
-    """Trial scores of each speaker group under a backend trained without that group.
+def _training_rows(inp: "CalibrationInput", speakers: set[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine utterance embeddings of every band (a speaker's band views are its own
+    samples too, so the backend learns that a band change is no speaker change)."""
+    xs, ss = [], []
+    for b in inp.bands.values():
+        keep = np.ones(len(b.spk), dtype=bool) if speakers is None else np.isin(b.spk, sorted(speakers))
+        xs.append(b.utt[keep])
+        ss.append(b.spk[keep])
+    return np.concatenate(xs), np.concatenate(ss)
 
-    Returns the scores and the number of folds used (1 = in-sample, for few speakers or
-    a backend that needs no training)."""
-    names = sorted(set(gen_spk.tolist()))
+
+def cross_fitted_trials(config: CalibrationConfig, inp: "CalibrationInput") -> tuple[TrialScores, dict[str, Trials], int]:
+    """Trial scores of each speaker group under a backend trained without that group:
+    the utterance/clone trials of the wide band (thresholds, figures) and every decision
+    trial type of every band.
+
+    Returns both and the number of folds used (1 = in-sample, for few speakers or a
+    backend that needs no training)."""
+    names = sorted(set(inp.gen_spk.tolist()))
     transform, asnorm = parse_backend_name(config.backend)
+    rng = np.random.default_rng(config.seed)
+
+    def score_group(backend: ScoreBackend | None, group: set[str] | None) -> tuple[TrialScores, dict[str, Trials]]:
+        sel = (lambda spk: np.ones(len(spk), bool)) if group is None else (lambda spk: np.isin(spk, sorted(group)))
+        held = sel(inp.gen_spk)
+        cheld = sel(inp.clone_spk) if len(inp.clone_spk) else np.zeros(0, dtype=bool)
+        legacy = model_trials(backend, inp.gen_x[held], inp.gen_spk[held], inp.clone_x[cheld], inp.clone_spk[cheld])
+        be = backend or ScoreBackend("cosine")
+        per_band = {band: band_trials(be, b.select(sel(b.spk)), rng) for band, b in inp.bands.items()}
+        return legacy, per_band
+
     if transform == "cosine" and not asnorm:
-        return model_trials(None, gen_x, gen_spk, clone_x, clone_spk), 1
+        legacy, per_band = score_group(None, None)
+        return legacy, per_band, 1
     if len(names) < MIN_CROSS_FIT_SPEAKERS:
-        return model_trials(train_backend(gen_x, gen_spk, config), gen_x, gen_spk, clone_x, clone_spk), 1
+        return (*score_group(train_backend(*_training_rows(inp), config), None), 1)
     k = min(config.folds, len(names) // 2)
-    parts = []
+    legacy_parts, band_parts = [], {band: [] for band in inp.bands}
     for group in speaker_folds(names, k, config.seed):
-        held = np.isin(gen_spk, group)
-        backend = train_backend(gen_x[~held], gen_spk[~held], config)
-        cheld = np.isin(clone_spk, group) if len(clone_spk) else np.zeros(0, dtype=bool)
-        parts.append(model_trials(backend, gen_x[held], gen_spk[held], clone_x[cheld], clone_spk[cheld]))
-    return TrialScores.concat(parts), k
+        rest = set(names) - set(group)
+        backend = train_backend(*_training_rows(inp, rest), config)
+        legacy, per_band = score_group(backend, set(group))
+        legacy_parts.append(legacy)
+        for band, t in per_band.items():
+            band_parts[band].append(t)
+    return TrialScores.concat(legacy_parts), {b: merge_trials(p) for b, p in band_parts.items()}, k
+
+
+def decision_calibrations(trials: dict[str, Trials], config: CalibrationConfig) -> dict:
+    """One :class:`~voxguard.llr.TrialCalibration` per trial type and band (a trial type
+    with too few trials, e.g. pairs of single-sample speakers, is left out)."""
+    out: dict = {"version": DECISIONS_VERSION, "far_target": config.far_target,
+                 "open_set_alpha": config.open_set_alpha, "bands": {}}
+    for band, bt in trials.items():
+        entry: dict = {}
+        sessions = []
+        for key, (tar, non) in bt.items():
+            trial, _, n = key.partition(":")
+            try:
+                cal = calibrate_trials(trial, band, tar, non, config.far_target, int(n) if n else None)
+            except ValueError:
+                continue
+            if n:
+                sessions.append(cal)
+            else:
+                entry[trial] = cal.to_dict()
+        if sessions:
+            entry["session"] = SessionCalibration(band, tuple(sorted(sessions, key=lambda c: c.windows))).to_list()
+        out["bands"][band] = entry
+    return out
 
 
 # -- error rates and thresholds ---------------------------------------------------------
-def error_rates(positives: np.ndarray, negatives: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False-accept (negatives >= t) and false-reject (positives < t) rates at each threshold."""
-    p, n = np.sort(positives), np.sort(negatives)
-    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
-    far = (len(n) - np.searchsorted(n, t, side="left")) / max(len(n), 1)
-    frr = np.searchsorted(p, t, side="left") / max(len(p), 1)
-    return far, frr
-
-
-def eer_point(positives: np.ndarray, negatives: np.ndarray) -> dict:
-    """The threshold (a score value) where false accepts and false rejects are closest."""
-    cand = np.unique(np.concatenate([positives, negatives]))
-    far, frr = error_rates(positives, negatives, cand)
-    i = int(np.argmin(np.abs(far - frr)))
-    return {"threshold": float(cand[i]), "eer": float((far[i] + frr[i]) / 2), "far": float(far[i]), "frr": float(frr[i])}
-
-
-def far_point(positives: np.ndarray, negatives: np.ndarray, target: float) -> dict:
-    """The lowest threshold (a score value) whose false-accept rate is at most ``target``."""
-    cand = np.unique(np.concatenate([positives, negatives, [np.max(negatives) + 1e-6]]))
-    far, frr = error_rates(positives, negatives, cand)
-    i = int(np.argmax(far <= target))
-    return {"threshold": float(cand[i]), "far": float(far[i]), "frr": float(frr[i]), "target": target}
-
-
-def min_dcf(positives: np.ndarray, negatives: np.ndarray, p_target: float = 0.01,
-            c_miss: float = 1.0, c_fa: float = 1.0) -> float:
-    """Normalised minimum detection cost over all thresholds."""
-    cand = np.unique(np.concatenate([positives, negatives, [np.max(negatives) + 1e-6]]))
-    far, frr = error_rates(positives, negatives, cand)
-    dcf = c_miss * frr * p_target + c_fa * far * (1 - p_target)
-    return float(dcf.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
-
-
 def summarise(scores: np.ndarray) -> dict | None:
     if len(scores) == 0:
         return None
@@ -326,18 +360,37 @@ class CalibrationResult:
 class CalibrationInput:
     """Genuine and clone embeddings of a store (or of a split of it)."""
 
-    gen_x: np.ndarray
+    gen_x: np.ndarray  # wide-band utterance embeddings of genuine samples
     gen_spk: np.ndarray
     clone_x: np.ndarray
     clone_spk: np.ndarray
+    # genuine samples per band, with window embeddings where the store has them
+    bands: dict[str, BandSamples] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if WIDE not in self.bands:
+            self.bands = {WIDE: BandSamples(self.gen_x, self.gen_spk), **self.bands}
 
     @classmethod
-    def from_table(cls, table: EmbeddingTable, speakers: set[str] | None = None) -> "CalibrationInput":
+    def from_table(cls, table: EmbeddingTable, speakers: set[str] | None = None,
+                   views: dict | None = None) -> "CalibrationInput":
+        """From a store's embeddings and (optionally) its band views (``store.views(band)``
+        per band): a band's window embeddings are used when every genuine sample has them."""
         spk = np.asarray(table.speakers, dtype=object).astype(str)
         kinds = np.asarray(table.kinds)
         sel = np.ones(len(spk), dtype=bool) if speakers is None else np.isin(spk, sorted(speakers))
         g, c = sel & (kinds == "genuine"), sel & (kinds == "clone")
-        return cls(table.vectors[g].astype(np.float64), spk[g], table.vectors[c].astype(np.float64), spk[c])
+        gen_x = table.vectors[g].astype(np.float64)
+        bands: dict[str, BandSamples] = {}
+        for band, view in (views or {}).items():
+            pos = {int(i): n for n, i in enumerate(view.ids)}
+            rows = [pos.get(int(i)) for i in table.ids[g]]
+            if not rows or any(r is None for r in rows):
+                continue  # this band is not complete for these samples: leave it out
+            windows = [view.windows[r] for r in rows]
+            utt = gen_x if band == WIDE else l2_normalise(np.stack([w.mean(axis=0) for w in windows]))
+            bands[band] = BandSamples(np.asarray(utt, np.float64), spk[g], windows)
+        return cls(gen_x, spk[g], table.vectors[c].astype(np.float64), spk[c], bands)
 
     def check(self) -> None:
         names, counts = np.unique(self.gen_spk, return_counts=True)
@@ -357,13 +410,14 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
     config.check()
     inp.check()
     t0 = time.perf_counter()
-    # step 2: the backend to store, trained on every enrolled speaker
-    backend = train_backend(inp.gen_x, inp.gen_spk, config)
+    # step 2: the backend to store, trained on every enrolled speaker (all bands)
+    backend = train_backend(*_training_rows(inp), config)
     # step 3: trial scores — cross-fitted backend, and raw cosine for reference
-    trials, folds = cross_fitted_trials(config, inp.gen_x, inp.gen_spk, inp.clone_x, inp.clone_spk)
+    trials, per_band, folds = cross_fitted_trials(config, inp)
     cosine = model_trials(None, inp.gen_x, inp.gen_spk, inp.clone_x, inp.clone_spk)
-    # step 4: thresholds
+    # step 4: thresholds, and a calibrated LLR per trial type and band
     thresholds = derive_thresholds(trials, config, backend.name)
+    decisions = decision_calibrations(per_band, config)
     cos_eer = eer_point(cosine.same, cosine.different)
     names, counts = np.unique(inp.gen_spk, return_counts=True)
     # step 5: the record (later steps, e.g. a clone countermeasure, add to data / extra_arrays)
@@ -376,6 +430,7 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
                            "leave-one-out for the same speaker)",
                    "cross_fit_folds": folds, "seed": config.seed},
         "thresholds": thresholds,
+        "decisions": decisions,
         "distributions": {"same": summarise(trials.same), "different": summarise(trials.different),
                           "clone": summarise(trials.clone)},
         "cosine_reference": {"eer": cos_eer["eer"], "eer_threshold": cos_eer["threshold"],
@@ -392,15 +447,57 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
     return CalibrationResult(data, backend, trials, cosine)
 
 
-def calibrate(store: Store, config: CalibrationConfig | None = None) -> CalibrationResult:
-    """Compute a calibration of ``store`` (nothing is written; see :func:`save_calibration`)."""
+def band_views(store: Store, embedder=None, save: bool = True) -> dict:
+    """Every band's window embeddings of the store's samples.  Samples enrolled before band
+    views existed (store schema 1) get them from their stored audio with ``embedder`` —
+    stored in one transaction when ``save`` — or, without an embedder or audio, keep
+    only what the store has (a band missing for a genuine sample is then left out)."""
+    if embedder is not None:
+        from ..utterance import embed_band_views
+
+        for band in BANDS:
+            missing = store.samples_without_view(band)
+            if not missing:
+                continue
+            audio = {sid: store.sample_audio(sid) for sid in missing}
+            have = [sid for sid, a in audio.items() if a is not None and len(a)]
+            views = {}
+            for s in range(0, len(have), 32):
+                part = have[s: s + 32]
+                for sid, v in zip(part, embed_band_views(embedder, [audio[i] for i in part], bands=(band,))):
+                    views[sid] = v[band]
+            if views and save:
+                store.add_views(band, views)
+            elif views:
+                return {b: _with_views(store.views(b), views if b == band else {}) for b in BANDS}
+    return {band: store.views(band) for band in BANDS}
+
+
+def _with_views(table, extra: dict):
+    """``table`` (a ViewTable) plus in-memory views of more samples, in sample id order."""
+    if not extra:
+        return table
+    from ..store import ViewTable
+
+    info = {}
+    for i, s, k, w in zip(table.ids, table.speakers, table.kinds, table.windows):
+        info[int(i)] = (s, k, w)
+    return ViewTable(table.band, np.array(sorted(set(info) | set(extra)), dtype=np.int64), [], [],
+                     [info[i][2] if i in info else extra[i] for i in sorted(set(info) | set(extra))])
+
+
+def calibrate(store: Store, config: CalibrationConfig | None = None, embedder=None,
+              save_views: bool = True) -> CalibrationResult:
+    """Compute a calibration of ``store`` (nothing is written but missing band views —
+    see :func:`band_views`; the calibration itself is saved by :func:`save_calibration`)."""
     config = config or CalibrationConfig()
     config.check()
     # step 1: every stored embedding — no re-embedding needed
     if store.embedder is None:
         raise CalibrationError(f"{store.location} is empty: nothing to calibrate (enroll speakers first)")
+    views = band_views(store, embedder, save_views)
     table = store.embeddings()
-    result = calibrate_input(CalibrationInput.from_table(table), config)
+    result = calibrate_input(CalibrationInput.from_table(table, views=views), config)
     result.data.update(embedder=store.embedder.as_dict(), store_id=store.store_id,
                        store_revision=store.revision)
     return result

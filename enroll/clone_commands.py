@@ -52,12 +52,13 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_clone)
 
     p = sub.add_parser(
-        "check", parents=[common], help="is FILE a clone of an enrolled speaker?",
-        description="Identify the speaker of FILE and score how likely it is a clone: known clones "
-                    "among the nearest stored samples, the clone band of the calibrated thresholds and "
-                    "the synthetic-speech countermeasure, fused into one score in [0, 1] with a level "
-                    "(none, low, medium, high). Exit 0 whatever the verdict.")
-    p.add_argument("file", metavar="FILE")
+        "check", parents=[common], help="is each FILE a clone of an enrolled speaker?",
+        description="Identify the speaker of each FILE (files, folders, NeMo manifests; open-set, as "
+                    "identify) and score how likely it is a clone: known clones among the nearest stored "
+                    "samples, the clone band of the calibrated thresholds and the synthetic-speech "
+                    "countermeasure, fused into one score in [0, 1] with a level (none, low, medium, high). "
+                    "Exit 0 whatever the verdict, 2 when a file failed.")
+    p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--claimed", metavar="SPEAKER", help="the speaker the caller claims to be")
     p.set_defaults(func=cmd_check)
 
@@ -149,57 +150,65 @@ def cmd_clone(ctx) -> int:
     return 0
 
 
+class Checker:
+    """Identity, claim and clone assessment of recordings; store, model and detector loaded once."""
+
+    def __init__(self, store, embedder, claimed: str | None = None):
+        from ..clone_detection import CloneDetector
+        from ..recognizer import Recognizer
+
+        if claimed is not None and not store.has_speaker(claimed):
+            raise UnknownSpeaker(claimed)
+        self.claimed = claimed
+        self.recognizer = Recognizer.for_store(store, embedder)
+        self.detector = CloneDetector.for_store(store, self.recognizer.scorer.thresholds)
+
+    def check(self, e) -> dict:
+        rec = self.recognizer
+        res = rec.search(e, k=rec.index.n_speakers)
+        identity = rec.identify(e, k=5, result=res)
+        claim = None
+        if self.claimed is not None:
+            claim = {"speaker": self.claimed, **rec.verify_speaker(e, self.claimed)}
+        assessment = self.detector.assess(res, self.claimed, e.audio.samples)
+        return {"speaker": identity["speaker"], "band": e.band,
+                "identity": {k: identity[k] for k in ("speaker", "decision", "best", "llr", "score", "cosine",
+                                                      "margin", "threshold_llr", "calibration")},
+                "claimed": claim, "clone": assessment.as_dict(), "detector": self.detector.source}
+
+
 def check_recording(store, embedder, samples, claimed: str | None = None) -> dict:
     """Identity and clone assessment of one 16 kHz recording (what ``voxguard check`` prints)."""
-    from ..clone_detection import CloneDetector
-    from ..index import SpeakerIndex
-    from ..scoring import SpeakerScorer
-    from ..utterance import embed_utterance
+    from .. import SAMPLE_RATE
+    from ..audio import Audio
 
-    if claimed is not None and not store.has_speaker(claimed):
-        raise UnknownSpeaker(claimed)
-    idx = SpeakerIndex.for_store(store, use_gpu=False)
-    if idx.n_speakers == 0:
-        raise StoreError(f"{store.location} has no enrolled speakers")
-    scorer = SpeakerScorer.for_store(store, idx)
-    th = scorer.thresholds
-    detector = CloneDetector.for_store(store, th)
-    emb = embed_utterance(embedder, samples)
-    res = scorer.search(emb[None, :], k=idx.n_speakers, neighbors=32)[0]
-    assessment = detector.assess(res, claimed, samples)
-    best = res.best
-    claim = None
-    if claimed is not None:
-        s = next((x for x in res.speakers if x.speaker == claimed), None)
-        claim = {"speaker": claimed, "score": None if s is None else round(s.score, 4),
-                 "accepted": bool(s is not None and s.score >= th.accept)}
-    return {
-        "identity": {"speaker": best.speaker if best.score >= th.accept else None, "best": best.speaker,
-                     "score": round(best.score, 4), "margin": None if res.margin is None else round(res.margin, 4),
-                     "threshold": round(th.accept, 4), "threshold_source": th.source, "backend": scorer.name},
-        "claimed": claim,
-        "clone": assessment.as_dict(),
-        "detector": detector.source,
-    }
+    checker = Checker(store, embedder, claimed)
+    return checker.check(checker.recognizer.embed([Audio(samples, SAMPLE_RATE, SAMPLE_RATE, 1)])[0])
+
+
+def check_text(data: dict, single: bool) -> str:
+    idn, cl = data["identity"], data["clone"]
+    who = idn["speaker"] or f"unknown — nobody enrolled passes (best {idn['best']})"
+    lines = [f"{data['file']}: speaker: {who}  LLR {idn['llr']} (threshold {idn['threshold_llr']}, "
+             f"{idn['calibration']})"]
+    if data["claimed"]:
+        c = data["claimed"]
+        lines.append(f"  claimed: {c['speaker']}  LLR {c['llr']}  "
+                     f"{'accepted' if c['decision'] == 'accept' else c['decision'].upper()} ({c['calibration']})")
+    lines.append(f"  clone:   {cl['level'].upper()}  score {cl['score']:.3f} about {cl['speaker']} "
+                 f"({data['detector']} detector)")
+    lines.append("  evidence: " + ", ".join(f"{k}={v}" for k, v in cl["evidence"].items()))
+    return "\n".join(lines)
 
 
 def cmd_check(ctx) -> int:
-    from ..audio import load_audio
+    from .batch import run_batch
 
     a = ctx.args
-    audio = load_audio(a.file)
     with ctx.open_store(readonly=True) as store:
-        data = {"file": a.file, "duration": round(audio.duration, 3),
-                **check_recording(store, ctx.embedder(store), audio.samples, a.claimed)}
-    idn, cl = data["identity"], data["clone"]
-    who = idn["speaker"] or f"no enrolled speaker (nearest {idn['best']})"
-    lines = [f"speaker: {who}  score {idn['score']:.3f} (threshold {idn['threshold']:.3f}, {idn['threshold_source']})"]
-    if data["claimed"]:
-        c = data["claimed"]
-        lines.append(f"claimed: {c['speaker']}  score {c['score'] if c['score'] is not None else '-'}  "
-                     f"{'accepted' if c['accepted'] else 'REJECTED'}")
-    lines.append(f"clone:   {cl['level'].upper()}  score {cl['score']:.3f} about {cl['speaker']} "
-                 f"({data['detector']} detector)")
-    lines.append("evidence: " + ", ".join(f"{k}={v}" for k, v in cl["evidence"].items()))
-    ctx.emit(data, "\n".join(lines))
-    return 0
+        checker = Checker(store, ctx.embedder(store), a.claimed)
+        if checker.recognizer.calibration.notice and not ctx.json:
+            import sys
+
+            print(f"voxguard: note: {checker.recognizer.calibration.notice}", file=sys.stderr)
+        return run_batch(ctx, a.files, checker.recognizer, checker.check, check_text, rejection_exits=False)

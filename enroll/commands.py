@@ -52,20 +52,26 @@ def register(sub, common) -> None:
     p = esub.add_parser("stats", parents=[common], help="store statistics")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("verify", parents=[common], help="are two recordings the same speaker?",
-                       description="Cosine score between the utterance embeddings of A and B, accepted "
-                                   "when at or above the calibrated (or default) threshold. Exit 0 on "
-                                   "accept, 1 on reject. A or B may also be an enrolled speaker's name.")
-    p.add_argument("a", metavar="A")
-    p.add_argument("b", metavar="B")
-    p.add_argument("--threshold", type=float, help="override the accept threshold")
+    p = sub.add_parser("verify", parents=[common], help="is each recording the same speaker as REF?",
+                       description="Compare each FILE with REF, an enrolled speaker's name (trial type "
+                                   "'utterance': the recording against the speaker's model) or a recording "
+                                   "(trial type 'pair'), and decide on the calibrated log-likelihood ratio of "
+                                   "that trial type. FILEs may be folders or NeMo manifests. Exit 0 when every "
+                                   "comparison is accepted, 1 when one is rejected, 2 when a file failed.")
+    p.add_argument("ref", metavar="REF", help="an enrolled speaker's name, or an audio file")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--threshold", type=float, metavar="LLR",
+                   help="override the accept threshold (an LLR; default: the calibrated operating point)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("identify", parents=[common], help="who in the store is speaking in FILE?",
-                       description="Rank enrolled speakers for FILE, and list the nearest stored samples, "
-                                   "genuine and known clones told apart.")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("-k", "--top", type=int, default=5, help="how many speakers (default 5)")
+    p = sub.add_parser("identify", parents=[common], help="who in the store is speaking in each FILE?",
+                       description="Open-set identification: rank enrolled speakers for each FILE (files, "
+                                   "folders, NeMo manifests) and name the best one only when its calibrated "
+                                   "LLR passes the open-set threshold for the number of enrolled speakers; "
+                                   "otherwise the speaker is null (nobody enrolled). The nearest stored "
+                                   "samples are listed too, genuine and known clones told apart.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-k", "--top", type=int, default=5, help="how many speakers to list (default 5)")
     p.set_defaults(func=cmd_identify)
 
 
@@ -189,92 +195,93 @@ def cmd_import(ctx) -> int:
     return 1 if failed else 0
 
 
-def _embedding_for(ctx, store, ref: str):
-    """A file's utterance embedding, or an enrolled speaker's centroid when ``ref`` names one."""
-    from ..audio import load_audio
-    from ..index import SpeakerIndex
-    from ..utterance import embed_utterance
+def _recognizer(ctx, need_speakers: bool = True):
+    """The store (if any) and a Recognizer on it, the model loaded once."""
+    from ..recognizer import Recognizer
 
-    p = Path(ref)
-    if not p.exists() and store is not None and store.has_speaker(ref):
-        idx = SpeakerIndex.for_store(store, use_gpu=False)
-        vec = idx.speaker_centroid(ref)
-        if vec is None:
-            raise StoreError(f"speaker {ref!r} has no genuine samples")
-        return vec, {"speaker": ref}
-    audio = load_audio(p)
-    return embed_utterance(ctx.embedder(store), audio.samples), {"file": str(p), "duration": round(audio.duration, 3)}
-
-
-def _maybe_store(ctx):
+    store = None
+    if ctx.store_location.exists() or getattr(ctx.args, "store", None):
+        store = ctx.open_store(readonly=True)
     try:
-        return ctx.open_store(readonly=True) if ctx.store_location.exists() else None
-    except StoreError:
-        if getattr(ctx.args, "store", None):
-            raise
-        return None
+        rec = Recognizer.for_store(store, ctx.embedder(store), need_speakers=need_speakers)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    return store, rec
+
+
+def _print_notice(ctx, rec) -> None:
+    if rec.calibration.notice and not ctx.json:
+        print(f"voxguard: note: {rec.calibration.notice}", file=sys.stderr)
 
 
 def cmd_verify(ctx) -> int:
-    from ..scoring import calibration_for, pair_score
+    from ..audio import load_audio
+    from .batch import run_batch
 
-    store = _maybe_store(ctx)
+    a = ctx.args
+    ref_is_file = Path(a.ref).exists()
+    store, rec = _recognizer(ctx, need_speakers=not ref_is_file)
     try:
-        ea, da = _embedding_for(ctx, store, ctx.args.a)
-        eb, db = _embedding_for(ctx, store, ctx.args.b)
-        th, backend = calibration_for(store, ctx.embedder_name(store))
+        _print_notice(ctx, rec)
+        if ref_is_file:
+            ref = rec.embed([load_audio(a.ref)])[0]
+            compare = lambda e: rec.verify_pair(ref, e)  # noqa: E731
+            ref_desc = {"file": a.ref}
+        else:
+            if store is None or not store.has_speaker(a.ref):
+                from ..errors import UnknownSpeaker
+
+                raise UnknownSpeaker(a.ref)
+            compare = lambda e: rec.verify_speaker(e, a.ref)  # noqa: E731
+            ref_desc = {"speaker": a.ref}
+
+        def decide(e) -> dict:
+            r = compare(e)
+            if a.threshold is not None and r["llr"] is not None:
+                r.update(threshold_llr=a.threshold, calibration=r["calibration"] + " (--threshold)",
+                         decision="accept" if r["llr"] >= a.threshold else "reject")
+            return {"ref": ref_desc, "speaker": a.ref if (r["decision"] == "accept" and not ref_is_file) else None,
+                    **r}
+
+        def text(r: dict, single: bool) -> str:
+            verdict = {"accept": "ACCEPT — same speaker", "reject": "REJECT — different speakers"}.get(
+                r["decision"], r["decision"].upper())
+            return (f"{'' if single else r['file'] + ': '}LLR {r['llr']} (score {r['score']}, cosine {r['cosine']}; "
+                    f"threshold {r['threshold_llr']}, {r['calibration']}): {verdict}")
+
+        return run_batch(ctx, a.files, rec, decide, text)
     finally:
         if store is not None:
             store.close()
-    score = pair_score(ea, eb, backend, db.get("speaker") or da.get("speaker"))
-    threshold = ctx.args.threshold if ctx.args.threshold is not None else th.accept
-    accept = score >= threshold
-    data = {"a": da, "b": db, "score": round(score, 4), "threshold": round(threshold, 4), "backend": th.backend,
-            "threshold_source": "--threshold" if ctx.args.threshold is not None else th.source,
-            "decision": "accept" if accept else "reject"}
-    ctx.emit(data, f"score {score:.3f} (threshold {threshold:.3f}, {data['threshold_source']}): "
-                   f"{'ACCEPT — same speaker' if accept else 'REJECT — different speakers'}")
-    return 0 if accept else 1
 
 
 def cmd_identify(ctx) -> int:
-    from ..audio import load_audio
-    from ..index import SpeakerIndex
-    from ..scoring import SpeakerScorer
-    from ..utterance import embed_utterance
+    from .batch import run_batch
 
     if ctx.args.top < 1:
         raise VoxguardError("--top must be at least 1")
-    audio = load_audio(ctx.args.file)
-    with ctx.open_store(readonly=True) as store:
-        emb = embed_utterance(ctx.embedder(store), audio.samples)
-        idx = SpeakerIndex.for_store(store, use_gpu=False)
-        scorer = SpeakerScorer.for_store(store, idx)
-        th = scorer.thresholds
-    if idx.n_speakers == 0:
-        raise StoreError(f"{ctx.store_location} has no enrolled speakers")
-    res = scorer.search(emb[None, :], k=ctx.args.top, neighbors=max(16, ctx.args.top * 4))[0]
-    best = res.best
-    data = {
-        "file": ctx.args.file, "duration": round(audio.duration, 3),
-        "threshold": th.accept, "threshold_source": th.source, "backend": scorer.name,
-        "best": best.speaker if best and best.score >= th.accept else None,
-        "margin": round(res.margin, 4) if res.margin is not None else None,
-        "speakers": [{"speaker": s.speaker, "score": round(s.score, 4),
-                      "best_genuine": None if s.best_genuine is None else round(s.best_genuine, 4),
-                      "best_clone": None if s.best_clone is None else round(s.best_clone, 4),
-                      "match": s.score >= th.accept} for s in res.speakers],
-        "nearest": [{"speaker": n.speaker, "kind": n.kind, "score": round(n.score, 4), "sample_id": n.sample_id}
-                    for n in res.neighbors[: ctx.args.top * 2]],
-    }
-    lines = [f"{'RANK':<5}{'SPEAKER':<24}{'SCORE':>7}{'GENUINE':>9}{'CLONE':>8}"]
-    for i, s in enumerate(data["speakers"], 1):
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"{i:<5}{s['speaker']:<24}{s['score']:>7.3f}{fmt(s['best_genuine']):>9}"
-                     f"{fmt(s['best_clone']):>8}{'  match' if s['match'] else ''}")
-    lines.append("nearest samples: " + ", ".join(f"{n['speaker']}/{n['kind']} {n['score']:.3f}"
-                                                 for n in data["nearest"]))
-    verdict = data["best"] or "no enrolled speaker above the threshold"
-    lines.append(f"best: {verdict} (threshold {th.accept:.3f}, {th.source})")
-    ctx.emit(data, "\n".join(lines))
-    return 0
+    store, rec = _recognizer(ctx)
+    try:
+        _print_notice(ctx, rec)
+        return run_batch(ctx, ctx.args.files, rec, lambda e: rec.identify(e, ctx.args.top), identify_text)
+    finally:
+        store.close()
+
+
+def identify_text(r: dict, single: bool) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    who = r["speaker"] or f"unknown — nobody enrolled passes (best {r['best']})"
+    head = (f"{r['file']}: {who}  LLR {fmt(r['llr'])} (open-set threshold {fmt(r['threshold_llr'])} for "
+            f"{r['enrolled_speakers']} speakers, {r['calibration']})")
+    if not single:
+        return head
+    lines = [f"{'RANK':<5}{'SPEAKER':<24}{'LLR':>8}{'SCORE':>8}{'COSINE':>8}{'GENUINE':>9}{'CLONE':>8}"]
+    for i, s in enumerate(r["speakers"], 1):
+        lines.append(f"{i:<5}{s['speaker']:<24}{fmt(s['llr']):>8}{fmt(s['score']):>8}{fmt(s['cosine']):>8}"
+                     f"{fmt(s['best_genuine']):>9}{fmt(s['best_clone']):>8}")
+    lines.append("nearest samples: " + ", ".join(f"{n['speaker']}/{n['kind']} {n['cosine']:.3f}"
+                                                 for n in r["nearest"]))
+    lines.append(head)
+    return "\n".join(lines)

@@ -26,6 +26,7 @@ import numpy as np
 from ..backend import ScoreBackend
 from ..embedders.base import l2_normalise
 from ..index import SpeakerIndex
+from ..llr import TrialCalibration, cllr
 from ..scoring import SpeakerScorer, Thresholds
 from ..store import Store
 from .calibration import (CalibrationConfig, CalibrationError, CalibrationInput, calibrate_input,
@@ -157,8 +158,12 @@ def _measure(cal, held: CalibrationInput, test: list[str], enroll_rows: np.ndarr
     me = eer_point(pos, neg)
     far_a, frr_a = error_rates(pos, neg, [th["accept"]])
     far_e, frr_e = error_rates(pos, neg, [th["eer_threshold"]])
+    utt = TrialCalibration.from_dict(cal.data["decisions"]["bands"]["wide"]["utterance"], "evaluation")
+    pair_cal = TrialCalibration.from_dict(cal.data["decisions"]["bands"]["wide"]["pair"], "evaluation")
     summary = {
         "pair_eer": pe["eer"], "pair_eer_threshold": pe["threshold"],
+        "pair_cllr": cllr(pair_cal.llr(pair_scores[pair_same]), pair_cal.llr(pair_scores[~pair_same])),
+        "model_cllr": cllr(utt.llr(pos), utt.llr(neg)),
         "pair_min_dcf": min_dcf(pair_scores[pair_same], pair_scores[~pair_same]),
         "pair_trials": {"same": int(pair_same.sum()), "different": int((~pair_same).sum())},
         "top1": float((rank == 0).mean()), "top5": float((rank < 5).mean()),
@@ -206,22 +211,23 @@ def _enrollment_index(held: CalibrationInput, enroll_rows: np.ndarray, test: lis
                         store.store_id, store.revision, None, use_gpu=False)
 
 
-def markdown_report(result: EvaluationResult) -> str:
-    """A human-readable report of :meth:`EvaluationResult.report`."""
+def markdown_report(result: EvaluationResult, decisions: dict | None = None) -> str:
+    """A human-readable report of :meth:`EvaluationResult.report` (and of the decision
+    evaluation, :func:`voxguard.enroll.decision_evaluation.evaluate_decisions`, if given)."""
     sp = result.split
     lines = ["# voxguard evaluation", "",
              f"Speaker-disjoint split (seed {sp['seed']}): backend, cohort and thresholds trained on "
              f"{sp['train_speakers']} speakers ({sp['train_utterances']} utterances); measured on "
              f"{len(sp['test_speakers'])} held-out speakers, {sp['enroll']} enrollment utterances each, "
              f"{sp['test_utterances']} test utterances.", "",
-             "| backend | pair EER | pair minDCF | top-1 | top-5 | model EER | FAR @ accept | FRR @ accept |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| backend | pair EER | pair minDCF | pair Cllr | top-1 | top-5 | model EER | model Cllr | FAR @ accept | FRR @ accept |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     for r in result.results:
         s = r.summary
-        lines.append(f"| {r.backend} | {pct(s['pair_eer'])} | {s['pair_min_dcf']:.3f} | {pct(s['top1'])} | "
-                     f"{pct(s['top5'])} | {pct(s['model_eer'])} | {pct(s['at_accept']['far'])} | "
-                     f"{pct(s['at_accept']['frr'])} |")
+        lines.append(f"| {r.backend} | {pct(s['pair_eer'])} | {s['pair_min_dcf']:.3f} | {s['pair_cllr']:.3f} | "
+                     f"{pct(s['top1'])} | {pct(s['top5'])} | {pct(s['model_eer'])} | {s['model_cllr']:.3f} | "
+                     f"{pct(s['at_accept']['far'])} | {pct(s['at_accept']['frr'])} |")
     summ = result.summary()
     if "relative_eer_reduction" in summ:
         lines += ["", f"Relative single-utterance EER reduction vs cosine: {pct(summ['relative_eer_reduction'])}."]
@@ -237,4 +243,24 @@ def markdown_report(result: EvaluationResult) -> str:
         for p in r.per_speaker:
             lines.append(f"| {p['speaker']} | {p['test_utterances']} | {pct(p['top1'])} | "
                          f"{p['mean_target_score']:.3f} | {pct(p['frr_at_accept'])} | {pct(p['far_at_accept'])} |")
+    if decisions is not None:
+        sp = decisions["split"]
+        lines += ["", "## Decisions on held-out speakers", "",
+                  f"{sp['enrolled_speakers']} enrolled speakers ({len(sp['enrolled_test_speakers'])} held-out speakers "
+                  f"enrolled with {sp['enroll_utterances']} utterances, {sp['distractor_speakers']} distractors); "
+                  f"{len(sp['unenrolled_test_speakers'])} held-out speakers never enrolled.", "",
+                  "| condition | unenrolled named | enrolled identified | unknown | wrong | top-1 |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for cond, c in decisions["conditions"].items():
+            lines.append(f"| {cond} | {pct(c['unenrolled_named'])} | {pct(c['enrolled_correct'])} | "
+                         f"{pct(c['enrolled_unknown'])} | {pct(c['enrolled_wrong'])} | {pct(c['top1'])} |")
+        lines += ["", "| trials | calibration | Cllr | EER | minDCF | FAR (stated) | FRR (stated) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for cond, t in decisions["trials"].items():
+            for trial in ("utterance", "pair"):
+                q = t.get(trial)
+                if q:
+                    lines.append(f"| {cond} {trial} | {q['calibration']} | {q['cllr']:.3f} | {pct(q['eer'])} | "
+                                 f"{q['min_dcf']:.3f} | {pct(q['far'])} ({pct(q['stated_far'])}) | "
+                                 f"{pct(q['frr'])} ({pct(q['stated_frr'])}) |")
     return "\n".join(lines) + "\n"

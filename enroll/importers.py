@@ -43,10 +43,11 @@ def an4(root: Path) -> Iterator[tuple[str, list[Path]]]:
     raise VoxguardError(f"{root}: no AN4 speaker folders found (expected wav/an4_clstk/<speaker>/*.wav)")
 
 
-def nemo_manifest(path: Path) -> Iterator[tuple[str, list[Path]]]:
+def manifest_entries(path: Path) -> Iterator[tuple[Path, str | None]]:
+    """``(audio file, label or None)`` of each line of a NeMo JSON-lines manifest; relative
+    paths are resolved against the manifest's folder."""
     if not path.is_file():
         raise VoxguardError(f"{path}: manifest file not found")
-    groups: OrderedDict[str, list[Path]] = OrderedDict()
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -54,15 +55,37 @@ def nemo_manifest(path: Path) -> Iterator[tuple[str, list[Path]]]:
             try:
                 item = json.loads(line)
                 audio = Path(item["audio_filepath"])
-                label = str(item.get("label", item.get("speaker")))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                label = item.get("label", item.get("speaker"))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                 raise VoxguardError(f"{path}:{n}: not a NeMo manifest line ({e})") from None
-            if label in ("None", ""):
-                raise VoxguardError(f"{path}:{n}: no 'label' or 'speaker' field")
-            if not audio.is_absolute():
-                audio = path.parent / audio
-            groups.setdefault(label, []).append(audio)
+            yield (audio if audio.is_absolute() else path.parent / audio), (None if label in (None, "") else str(label))
+
+
+def nemo_manifest(path: Path) -> Iterator[tuple[str, list[Path]]]:
+    groups: OrderedDict[str, list[Path]] = OrderedDict()
+    for n, (audio, label) in enumerate(manifest_entries(path), 1):
+        if label is None:
+            raise VoxguardError(f"{path}: entry {n} ({audio}) has no 'label' or 'speaker' field")
+        groups.setdefault(label, []).append(audio)
     yield from groups.items()
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Command-line inputs -> audio files: a folder gives its audio files (any depth, sorted),
+    a ``.json``/``.jsonl`` file is read as a NeMo manifest, anything else is a file."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files = _audio_files(p)
+            if not files:
+                raise VoxguardError(f"{p}: no audio files in this folder")
+            out.extend(files)
+        elif p.suffix.lower() in (".json", ".jsonl") and p.is_file():
+            out.extend(audio for audio, _ in manifest_entries(p))
+        else:
+            out.append(p)
+    return out
 
 
 def iter_layout(layout: str, root: Path) -> Iterator[tuple[str, list[Path]]]:

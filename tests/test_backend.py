@@ -47,7 +47,8 @@ def test_trained_state_round_trips_and_scores_identically(name):
 def test_asnorm_matches_an_independent_computation():
     x, names = _speakers(seed=1)
     train, test = names < "s08", names >= "s08"
-    be = train_backend(x[train], names[train], CalibrationConfig(backend="center+asnorm", asnorm_top=7))
+    be = train_backend(x[train], names[train], CalibrationConfig(backend="center+asnorm", asnorm_top=7,
+                                                                 asnorm_bound=False))
     a, b = x[test][:9], x[test][9:20]
     # by hand: centre, normalise, cosine; z-normalise each side by its 7 best cohort scores
     mu = x[train].mean(axis=0)
@@ -64,7 +65,7 @@ def test_asnorm_matches_an_independent_computation():
 
 def test_asnorm_leaves_out_the_scored_speakers_cohort_rows():
     x, names = _speakers(seed=2)
-    be = train_backend(x, names, CalibrationConfig(backend="cosine+asnorm", asnorm_top=5))
+    be = train_backend(x, names, CalibrationConfig(backend="cosine+asnorm", asnorm_top=5, asnorm_bound=False))
     model = l2_normalise(x[names == "s03"].sum(axis=0, keepdims=True))
     q = x[names == "s03"][:2]
     got = be.score(q, model, ["s03"])
@@ -75,6 +76,30 @@ def test_asnorm_leaves_out_the_scored_speakers_cohort_rows():
     want = 0.5 * ((s - top_m.mean()) / top_m.std() + (s - top_q.mean(1)[:, None]) / top_q.std(1)[:, None])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert not np.allclose(be.score(q, model), got)  # without the name the own rows count
+
+
+def test_bounded_asnorm_does_not_inflate_recordings_unlike_the_cohort():
+    """Two recordings from a domain the cohort never saw (here: a subspace no cohort row
+    touches) score near each other but far from the cohort: unbounded AS-norm divides by
+    their tiny cohort spread and calls them a certain match; the bounded one does not."""
+    x, names = _speakers(seed=3)
+    x = np.asarray(x, np.float64)
+    x[:, 24:] = 0
+    x = l2_normalise(x)
+    rng = np.random.default_rng(3)
+    base = np.zeros(x.shape[1])
+    base[24:] = rng.standard_normal(x.shape[1] - 24)
+    a = l2_normalise(np.stack([base + 0.9 * np.r_[np.zeros(24), rng.standard_normal(x.shape[1] - 24)]
+                               for _ in range(2)]) + 0.05 * x[:2])
+    cfg = dict(backend="cosine+asnorm", asnorm_top=10)
+    unbounded = train_backend(x, names, CalibrationConfig(**cfg, asnorm_bound=False))
+    bounded = train_backend(x, names, CalibrationConfig(**cfg))
+    genuine = bounded.score_pairs(x[names == "s01"][:1], x[names == "s01"][1:2])[0]
+    assert bounded.std_floor > 0 and bounded.mean_floor > -1
+    assert unbounded.score_pairs(a[:1], a[1:])[0] > 3 * genuine  # inflated far past any genuine trial
+    assert bounded.score_pairs(a[:1], a[1:])[0] < unbounded.score_pairs(a[:1], a[1:])[0] / 3
+    again = ScoreBackend.from_bytes(bounded.to_bytes())
+    assert (again.std_floor, again.mean_floor) == (bounded.std_floor, bounded.mean_floor)
 
 
 def test_wccn_asnorm_separates_better_than_cosine_on_held_out_speakers():

@@ -210,6 +210,50 @@ def test_stream_identifies_an_enrolled_speaker(daemon, utterances):
     assert metric(daemon, 'voxguard_events_total{type="identity"}') >= len(ident)
 
 
+def test_decisions_are_calibrated_llrs_per_band_and_open_set(daemon, utterances, store, an4_speakers):
+    """A telephone-rate stream is decided with the telephone-band calibration; an unenrolled
+    speaker is nobody, in every window decision and in the summary."""
+    from voxguard.audio import resample
+
+    name, pcm = utterances
+    audio16 = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    pcm8 = (np.clip(resample(audio16, 16000, 8000), -1, 1) * 32767).astype("<i2").tobytes()
+
+    async def run(data: bytes, rate: int, stream_id: str, **start):
+        async with connect(daemon.url, additional_headers=AUTH, max_size=None) as ws:
+            await ws.send(start_msg(stream_id, sample_rate=rate, **start))
+            reader = asyncio.create_task(collect(ws))
+            await send_audio(ws, data, 8.0, rate=rate)
+            await ws.send('{"type": "stop"}')
+            return await reader
+
+    events = asyncio.run(run(pcm8, 8000, "tel", claimed_speaker=name))
+    ready, summary = events[0], events[-1]
+    th = ready["thresholds"]
+    assert th["band"] == "telephone" and th["units"] == "llr" and summary["band"] == "telephone"
+    assert th["source"] == "default:resemblyzer" and "never calibrated" in th["notice"]
+    assert th["window"]["calibration"] == "default:resemblyzer:window/telephone"
+    assert th["open_set_llr"] >= th["accept"]
+    ident = [e for e in events if e["type"] == "identity"]
+    assert ident and all(e["calibration"].endswith("window/telephone") for e in ident)
+    for e in ident:
+        assert e["cosine"] == pytest.approx(e["score"])  # the default backend is raw cosine
+        supports = e["llr"] >= e["threshold_llr"]
+        assert e["decision"]["candidate"] == (e["speaker"] if supports else None)
+    assert summary["identity"]["speaker"] == name
+    assert summary["verification"]["decision"] == "accept"
+    assert summary["verification"]["calibration"].startswith("default:resemblyzer:session[n=")
+    # a speaker who is not enrolled is nobody
+    _, names = store
+    stranger = next(s for s in sorted(an4_speakers) if s not in names and s[0] == name[0])
+    audio = np.concatenate([load_audio(p).samples for p in an4_speakers[stranger][:4]])
+    events = asyncio.run(run((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes(), 16000, "stranger"))
+    ident = [e for e in events if e["type"] == "identity"]
+    named = [e for e in ident if e["decision"]["speaker"] is not None]
+    assert len(named) <= 0.2 * len(ident), named
+    assert events[-1]["identity"]["speaker"] is None and events[-1]["identity"]["best"] in names
+
+
 def test_bad_inputs_get_their_codes_while_a_good_stream_runs(daemon, utterances):
     name, pcm = utterances
     s = start_msg

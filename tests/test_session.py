@@ -13,13 +13,17 @@ from voxguard.audio import load_audio, resample
 from voxguard.daemon.batcher import Batcher
 from voxguard.daemon.decisions import CloneTracker, IdentityTracker, VerificationTracker, verdict
 from voxguard.daemon.session import EngineInfo, Session, SessionLimits
-from voxguard.daemon.snapshot import load_snapshot
+from voxguard.clone_detection import CloneDetector
+from voxguard.daemon.snapshot import ScoringSnapshot, load_snapshot
+from voxguard.llr import calibrate_trials
+from voxguard.scoring import Calibration, Thresholds
 from voxguard.protocol import ProtocolError
 from voxguard.windows import speech_windows
 
+_TH = Thresholds(float("inf"), "uncalibrated")
 ENGINE = EngineInfo(embedder={"name": "resemblyzer", "dim": 256, "version": "x", "device": "cpu"},
-                    index={"enrolled_speakers": 1, "samples": 1, "revision": 1, "store_id": "s"},
-                    thresholds={"accept": 0.7, "source": "default"}, speakers=frozenset({"alice"}))
+                    snapshot=ScoringSnapshot(_TH, CloneDetector(_TH), None,
+                                             Calibration.uncalibrated("resemblyzer", "test"), _rows={"alice": 0}))
 
 
 def start(session: Session, **over) -> list[dict]:
@@ -90,6 +94,12 @@ def test_session_errors_after_start():
     with pytest.raises(ProtocolError) as e:
         f.receive_audio(np.zeros(3, "<f4").tobytes())  # 1.5 stereo frames
     assert e.value.code == "partial_frame"
+    # finite but absurdly loud float samples clip at full scale: nothing downstream turns NaN
+    loud = Session(ENGINE)
+    start(loud, encoding="pcm_f32le")
+    x = (speech_like(3.0) * 3e38).astype("<f4")
+    _, jobs = feed(loud, x.tobytes(), [6400], frame_bytes=4)
+    assert jobs and all(np.isfinite(j.samples).all() and np.abs(j.samples).max() <= 1.0 for j in jobs)
 
 
 # -- audio path ---------------------------------------------------------------------------------
@@ -157,13 +167,22 @@ def test_decision_trackers():
     assert t.changes == 3
     assert [verdict(x, 0.7, 0.02) for x in (0.73, 0.71, 0.69, 0.67, None)] == \
         ["accept", "undecided", "undecided", "reject", "undecided"]
-    v = VerificationTracker("a", 0.7, band=0.02, min_windows=3)
+    rng = np.random.default_rng(0)
+    win = calibrate_trials("window", "wide", rng.normal(0.8, 0.05, 500), rng.normal(0.6, 0.05, 5000))
+    ses = {n: calibrate_trials("session", "wide", rng.normal(0.8, 0.05 / n ** .5, 500),
+                               rng.normal(0.6, 0.05 / n ** .5, 5000), windows=n) for n in (1, 2, 3)}
+    v = VerificationTracker("a", win, lambda n: ses[min(n, 3)], band=0.5, min_windows=3)
     assert v.update(0.9) == ("accept", "undecided")
     assert v.update(0.5) == ("reject", "undecided")
     assert v.update(None) == ("undecided", "undecided")
     assert v.update(0.9) == ("accept", "accept")  # mean 0.767 after 3 scored windows
     assert v.session_score == pytest.approx(2.3 / 3)
+    assert v.session_cal is ses[3] and v.session_llr == pytest.approx(ses[3].llr(2.3 / 3))
     assert v.summary()["windows_accepted"] == 2
+    assert v.summary()["calibration"] == "session[n=3]/wide"
+    # uncalibrated: never decides
+    u = VerificationTracker("a", None, lambda n: None)
+    assert [u.update(x) for x in (0.9, 0.9, 0.9)][-1] == ("undecided", "undecided")
     c = CloneTracker()
     assert [c.update(s, lv) for s, lv in [(0.1, "none"), (0.6, "medium"), (0.3, "low"), (0.0, "none"),
                                           (0.0, "none")]] == [False, True, True, True, False]
@@ -181,9 +200,7 @@ def small_store(tmp_path_factory, embedder, an4_speakers):
 def test_engine_identifies_and_verifies_an_enrolled_speaker(small_store, embedder, an4_speakers):
     path, names = small_store
     snap = load_snapshot(path, embedder.identity)
-    engine = EngineInfo(embedder=embedder.identity.as_dict(), index=snap.info(),
-                        thresholds={"accept": snap.thresholds.accept, "source": snap.thresholds.source},
-                        speakers=snap.speakers)
+    engine = EngineInfo(embedder=embedder.identity.as_dict(), snapshot=snap)
     target = names[1]
     audio = np.concatenate([load_audio(p).samples for p in held_out(an4_speakers, target)[:3]])
     batcher = Batcher(embedder, snap, deliver=lambda r: None)

@@ -14,6 +14,10 @@ better, then optionally normalises each score against a cohort:
   cohort of training embeddings, and the two are averaged.  Cohort rows of the speaker a
   trial is scored against are left out of both sides' statistics, so a cohort that
   contains the enrolled speakers themselves does not penalise their genuine trials.
+  The statistics are *bounded* by what the cohort itself shows (``std_floor``, ``mean_floor``:
+  low percentiles of the cohort's own top-score deviations and means): a recording unlike
+  every cohort member — another channel, another corpus — has a small, low top-score
+  spread, and dividing by it would inflate its scores far beyond anything calibrated.
 
 Training lives in :mod:`voxguard.enroll.calibration`; this module only holds the trained
 state, applies it, and (de)serialises it as plain arrays (``.npz`` bytes, no pickle).
@@ -58,6 +62,8 @@ class ScoreBackend:
     cohort_labels: np.ndarray | None = None  # [n_c] index into cohort_speakers
     asnorm_top: int = 50
     params: dict = field(default_factory=dict)  # training settings, for the record
+    std_floor: float = 0.0  # AS-norm: lower bound of a side's cohort deviation
+    mean_floor: float = -1.0  # AS-norm: lower bound of a side's cohort mean
 
     @property
     def asnorm(self) -> bool:
@@ -90,6 +96,10 @@ class ScoreBackend:
         ex = None if exclude is None else exclude[:, None]
         mu, sd = self._stats(tx, ex)
         return mu[:, 0], sd[:, 0]
+
+    def bound(self, mu: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cohort statistics held within what the cohort itself shows (see the module docstring)."""
+        return np.maximum(mu, self.mean_floor), np.maximum(sd, self.std_floor)
 
     def _stats(self, tx: np.ndarray, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``asnorm_top`` cohort statistics of ``tx`` rows for each label in ``exclude``
@@ -135,7 +145,7 @@ class ScoreBackend:
         tm = self.transform_vectors(models)
         labels = self.model_labels(speakers, len(tm))
         if self.asnorm:
-            mu, sd = self.cohort_stats(tm, labels)
+            mu, sd = self.bound(*self.cohort_stats(tm, labels))
         else:
             mu = sd = None
         return PreparedModels(tm, labels, mu, sd)
@@ -152,7 +162,7 @@ class ScoreBackend:
         s = (tq @ pm.vectors.T).astype(np.float64)
         if not self.asnorm:
             return s
-        qmu, qsd = self._stats(tq, np.broadcast_to(pm.labels, (len(tq), len(pm.labels))))
+        qmu, qsd = self.bound(*self._stats(tq, np.broadcast_to(pm.labels, (len(tq), len(pm.labels)))))
         return 0.5 * ((s - pm.mean[None, :]) / pm.std[None, :] + (s - qmu) / qsd)
 
     def score_pairs(self, a: np.ndarray, b: np.ndarray, b_speakers: list[str] | None = None) -> np.ndarray:
@@ -163,14 +173,25 @@ class ScoreBackend:
         if not self.asnorm:
             return s
         labels = self.model_labels(b_speakers, len(tb))
-        amu, asd = self.cohort_stats(ta, labels)
-        bmu, bsd = self.cohort_stats(tb, labels)
+        amu, asd = self.bound(*self.cohort_stats(ta, labels))
+        bmu, bsd = self.bound(*self.cohort_stats(tb, labels))
         return 0.5 * ((s - amu) / asd + (s - bmu) / bsd)
+
+    def pair_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Scores of every row of ``x`` against every other, ``[n, n]`` — each row's cohort
+        statistics computed once (what :meth:`score_pairs` gives for any pair, without names)."""
+        tx = self.transform_vectors(x)
+        s = (tx @ tx.T).astype(np.float64)
+        if not self.asnorm:
+            return s
+        mu, sd = self.bound(*self.cohort_stats(tx))
+        return 0.5 * ((s - mu[:, None]) / sd[:, None] + (s - mu[None, :]) / sd[None, :])
 
     # -- persistence ------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         meta = {"format": BACKEND_FORMAT, "transform": self.transform, "asnorm_top": self.asnorm_top,
-                "cohort_speakers": self.cohort_speakers, "params": self.params}
+                "cohort_speakers": self.cohort_speakers, "params": self.params,
+                "std_floor": self.std_floor, "mean_floor": self.mean_floor}
         arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
         for key in ("mean", "projection", "cohort", "cohort_labels"):
             value = getattr(self, key)
@@ -192,7 +213,8 @@ class ScoreBackend:
         return cls(meta["transform"], _f32(get("mean")), _f32(get("projection")), _f32(get("cohort")),
                    list(meta.get("cohort_speakers", [])),
                    None if get("cohort_labels") is None else np.asarray(get("cohort_labels"), dtype=np.int64),
-                   int(meta.get("asnorm_top", 50)), dict(meta.get("params", {})))
+                   int(meta.get("asnorm_top", 50)), dict(meta.get("params", {})),
+                   float(meta.get("std_floor", 0.0)), float(meta.get("mean_floor", -1.0)))
 
     def to_bytes(self) -> bytes:
         return pack_arrays(self.to_arrays())

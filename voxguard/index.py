@@ -48,6 +48,8 @@ class SpeakerScore:
     score: float  # cosine to the speaker's genuine centroid
     best_genuine: float | None  # best cosine to one genuine sample (among the nearest)
     best_clone: float | None  # best cosine to a known clone of this speaker (among the nearest)
+    llr: float | None = None  # the score's calibrated log-likelihood ratio (trial type of the search)
+    cosine: float | None = None  # raw cosine to the speaker model of the band
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,20 @@ class SpeakerIndex:
                 spks.append(SpeakerScore(self.speaker_names[c], float(dc[r, j]), best_g.get(c), best_c.get(c)))
             results.append(SearchResult(spks, nbs))
         return results
+
+    def neighbors(self, queries: np.ndarray, k: int = 32) -> list[list[Neighbor]]:
+        """The ``k`` nearest stored samples (genuine and clone) of each query, best first."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k_nb = min(k, self.n_samples)
+        if not k_nb or not len(q):
+            return [[] for _ in range(len(q))]
+        ds, is_ = self._samples.search(q, k_nb)
+        out = []
+        for r in range(len(q)):
+            out.append([Neighbor(self.speaker_names[int(self.sample_speaker[row])],
+                                 "clone" if self.sample_kind[row] else "genuine", float(d), int(self.sample_ids[row]))
+                        for d, row in zip(ds[r], is_[r]) if row >= 0])
+        return out
 
     def models(self, band: str = WIDE) -> np.ndarray:
         """The speaker models (centroids) of ``band``, ``[n_speakers, d]``."""

@@ -253,7 +253,9 @@ _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _STR_OR_NULL = {"type": ["string", "null"]}
 _SPEAKER_SCORE = {"type": "object", "required": ["speaker", "score"],
-                  "properties": {"speaker": {"type": "string"}, "score": _NUM}}
+                  "properties": {"speaker": {"type": "string"}, "score": _NUM, "llr": _NUM_OR_NULL,
+                                 "cosine": _NUM_OR_NULL}}
+_CALIBRATION_LABEL = {"type": ["string", "null"]}
 
 
 def _event(type_: str, props: dict, required: list[str]) -> dict:
@@ -290,7 +292,12 @@ SCHEMAS: dict[str, dict] = {
         "protocol_version": {"const": PROTOCOL_VERSION},
         "embedder": {"type": "object", "required": ["name", "dim", "version", "device"]},
         "index": {"type": "object", "required": ["enrolled_speakers", "samples", "revision", "store_id"]},
-        "thresholds": {"type": "object", "required": ["accept", "source", "undecided_band"]},
+        "thresholds": {"type": "object", "required": ["accept", "source", "undecided_band"],
+                       "properties": {"accept": _NUM_OR_NULL, "source": {"type": "string"},
+                                      "undecided_band": _NUM, "band": {"enum": ["wide", "telephone"]},
+                                      "units": {"const": "llr"}, "open_set_llr": _NUM_OR_NULL,
+                                      "window": {"type": ["object", "null"]},
+                                      "session": {"type": ["object", "null"]}}},
         "decision": {"type": "object", "required": ["enter_windows", "exit_windows"]},
         "input": {"type": "object", "required": ["sample_rate", "encoding", "channels"]},
         "options": {"type": "object"},
@@ -299,22 +306,25 @@ SCHEMAS: dict[str, dict] = {
     "speech_end": _event("speech_end", {"duration": _NUM}, ["duration"]),
     "identity": _event("identity", {
         "window": {"type": "object", "required": ["index", "start", "end"]},
-        "speaker": _STR_OR_NULL, "score": _NUM_OR_NULL, "margin": _NUM_OR_NULL,
+        "speaker": _STR_OR_NULL, "score": _NUM_OR_NULL, "llr": _NUM_OR_NULL, "cosine": _NUM_OR_NULL,
+        "margin": _NUM_OR_NULL, "threshold_llr": _NUM_OR_NULL, "calibration": _CALIBRATION_LABEL,
         "top": {"type": "array", "items": _SPEAKER_SCORE},
         "decision": {"type": "object", "required": ["speaker", "changed", "windows"],
                      "properties": {"speaker": _STR_OR_NULL, "changed": {"type": "boolean"},
                                     "windows": {"type": "integer"}, "candidate": _STR_OR_NULL}},
         "session": {"type": "object", "required": ["speaker", "score", "top", "windows"],
-                    "properties": {"speaker": _STR_OR_NULL, "score": _NUM_OR_NULL,
+                    "properties": {"speaker": _STR_OR_NULL, "best": _STR_OR_NULL, "score": _NUM_OR_NULL,
+                                   "llr": _NUM_OR_NULL, "threshold_llr": _NUM_OR_NULL,
                                    "top": {"type": "array", "items": _SPEAKER_SCORE},
-                                   "windows": {"type": "integer"}}}},
+                                   "windows": {"type": "integer"}, "calibration": _CALIBRATION_LABEL}}},
         ["window", "speaker", "score", "margin", "top", "decision", "session"]),
     "verification": _event("verification", {
-        "claimed_speaker": {"type": "string"}, "threshold": _NUM,
+        "claimed_speaker": {"type": "string"}, "threshold": _NUM_OR_NULL, "calibration": _CALIBRATION_LABEL,
         "window": {"type": "object", "required": ["index", "start", "end", "score", "decision"],
-                   "properties": {"score": _NUM_OR_NULL, "decision": _DECISION}},
+                   "properties": {"score": _NUM_OR_NULL, "llr": _NUM_OR_NULL, "decision": _DECISION}},
         "session": {"type": "object", "required": ["score", "decision", "windows"], "properties": {
-            "score": _NUM_OR_NULL, "decision": _DECISION, "windows": {"type": "integer"}}}},
+            "score": _NUM_OR_NULL, "llr": _NUM_OR_NULL, "threshold_llr": _NUM_OR_NULL, "decision": _DECISION,
+            "windows": {"type": "integer"}, "calibration": _CALIBRATION_LABEL}}},
         ["claimed_speaker", "threshold", "window", "session"]),
     "clone_suspicion": _event("clone_suspicion", {
         "window": {"type": "object", "required": ["index", "start", "end"]},
@@ -327,8 +337,14 @@ SCHEMAS: dict[str, dict] = {
     "summary": _event("summary", {
         "reason": {"enum": ["stop", "shutdown"]},
         "duration": _NUM, "speech_duration": _NUM, "speech_ratio": _NUM,
+        "band": {"enum": ["wide", "telephone"]},
         "windows": {"type": "object", "required": ["emitted", "scored", "dropped"]},
-        "identity": {"type": "object", "required": ["speaker", "score", "top", "decision"]},
+        "identity": {"type": "object", "required": ["speaker", "score", "top", "decision"],
+                     "properties": {"speaker": _STR_OR_NULL, "best": _STR_OR_NULL, "score": _NUM_OR_NULL,
+                                    "llr": _NUM_OR_NULL, "threshold_llr": _NUM_OR_NULL,
+                                    "calibration": _CALIBRATION_LABEL,
+                                    "speakers_heard": {"type": "array", "items": {
+                                        "type": "object", "required": ["speaker", "windows"]}}}},
         "verification": {"type": ["object", "null"]},
         "clone": {"type": "object", "required": ["max_score", "max_level", "suspicious_windows"]}},
         ["reason", "duration", "speech_duration", "speech_ratio", "windows", "identity", "verification", "clone"]),
