@@ -49,6 +49,11 @@ class Context:
 
         return parse_store_location(getattr(self.args, "store", None) or default_store())
 
+    @property
+    def store_path(self):
+        """The old name of :attr:`store_location` (``exists()`` and ``str()`` work the same)."""
+        return self.store_location
+
     def open_store(self, create: bool = False, readonly: bool = False):
         return self.store_location.open(create=create, readonly=readonly)
 
