@@ -40,8 +40,10 @@ def decoded(paths: Iterable[Path]) -> Iterable[tuple[Path, Audio | None, str | N
 
 def run_batch(ctx, inputs: list[str], recognizer: Recognizer,
               decide: Callable[[Embedded], dict], text: Callable[[dict, bool], str],
-              rejection_exits: bool = True) -> int:
-    """Decide about every input file; returns the exit status (worst of all files)."""
+              rejection_exits: bool = True, notice: str | None = None) -> int:
+    """Decide about every input file; returns the exit status (worst of all files).
+    ``notice`` (e.g. that the store was never calibrated) is printed once to stderr before
+    the first decision (not with --json: every JSON result names its calibration)."""
     files = expand_inputs(inputs)
     if not files:
         raise VoxguardError("no input files")
@@ -50,7 +52,7 @@ def run_batch(ctx, inputs: list[str], recognizer: Recognizer,
     pending: list[tuple[Path, Audio | None, str | None]] = []  # in input order, failures included
 
     def flush() -> None:
-        nonlocal status
+        nonlocal status, notice
         embedded = iter(recognizer.embed([a for _, a, _ in pending if a is not None]))
         for p, a, error in pending:
             if a is None:
@@ -60,6 +62,9 @@ def run_batch(ctx, inputs: list[str], recognizer: Recognizer,
                 else:
                     print(f"voxguard: error: {p}: {error}", file=sys.stderr, flush=True)
                 continue
+            if notice and not ctx.json:
+                print(f"voxguard: note: {notice}", file=sys.stderr, flush=True)
+                notice = None
             result = {"file": str(p), "duration": round(a.duration, 3), **decide(next(embedded))}
             if rejection_exits and result.get("decision") == "reject":
                 status = max(status, EXIT_REJECTED)

@@ -40,6 +40,8 @@ CALIBRATION_VERSION = 2
 DECISIONS_VERSION = 1
 DEFAULT_OPEN_SET_ALPHA = 0.02
 ASNORM_BOUND_PERCENTILE = 5.0
+MIN_BIN_TARGETS = 30  # a trial length (session n, utterance window bin) is calibrated on its own
+MIN_BIN_NONTARGETS = 300  # only with at least these many trials
 MIN_CROSS_FIT_SPEAKERS = 6
 
 
@@ -284,19 +286,25 @@ def decision_calibrations(trials: dict[str, Trials], config: CalibrationConfig) 
                  "open_set_alpha": config.open_set_alpha, "bands": {}}
     for band, bt in trials.items():
         entry: dict = {}
-        sessions = []
+        by_windows: dict[str, list] = {"session": [], "utterance_by_windows": []}
         for key, (tar, non) in bt.items():
-            trial, _, n = key.partition(":")
+            trial, sep, n = key.replace("@", ":@").partition(":")
+            if sep and (len(tar) < MIN_BIN_TARGETS or len(non) < MIN_BIN_NONTARGETS):
+                continue  # too few trials to calibrate this length on its own
             try:
-                cal = calibrate_trials(trial, band, tar, non, config.far_target, int(n) if n else None)
+                cal = calibrate_trials(trial, band, tar, non, config.far_target,
+                                       int(n.lstrip("@")) if n else None)
             except ValueError:
                 continue
-            if n:
-                sessions.append(cal)
+            if n.startswith("@"):
+                by_windows["utterance_by_windows"].append(cal)
+            elif n:
+                by_windows["session"].append(cal)
             else:
                 entry[trial] = cal.to_dict()
-        if sessions:
-            entry["session"] = SessionCalibration(band, tuple(sorted(sessions, key=lambda c: c.windows))).to_list()
+        for name, cals in by_windows.items():
+            if cals:
+                entry[name] = SessionCalibration(band, tuple(sorted(cals, key=lambda c: c.windows))).to_list()
         out["bands"][band] = entry
     return out
 

@@ -207,8 +207,5 @@ def cmd_check(ctx) -> int:
     a = ctx.args
     with ctx.open_store(readonly=True) as store:
         checker = Checker(store, ctx.embedder(store), a.claimed)
-        if checker.recognizer.calibration.notice and not ctx.json:
-            import sys
-
-            print(f"voxguard: note: {checker.recognizer.calibration.notice}", file=sys.stderr)
-        return run_batch(ctx, a.files, checker.recognizer, checker.check, check_text, rejection_exits=False)
+        return run_batch(ctx, a.files, checker.recognizer, checker.check, check_text, rejection_exits=False,
+                         notice=checker.recognizer.calibration.notice)

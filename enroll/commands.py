@@ -211,20 +211,16 @@ def _recognizer(ctx, need_speakers: bool = True):
     return store, rec
 
 
-def _print_notice(ctx, rec) -> None:
-    if rec.calibration.notice and not ctx.json:
-        print(f"voxguard: note: {rec.calibration.notice}", file=sys.stderr)
-
-
 def cmd_verify(ctx) -> int:
     from ..audio import load_audio
     from .batch import run_batch
 
     a = ctx.args
+    if len(a.files) == 1 and not Path(a.files[0]).exists() and Path(a.ref).exists():
+        a.ref, a.files = a.files[0], [a.ref]  # `verify FILE SPEAKER`: the speaker is the reference
     ref_is_file = Path(a.ref).exists()
     store, rec = _recognizer(ctx, need_speakers=not ref_is_file)
     try:
-        _print_notice(ctx, rec)
         if ref_is_file:
             ref = rec.embed([load_audio(a.ref)])[0]
             compare = lambda e: rec.verify_pair(ref, e)  # noqa: E731
@@ -251,7 +247,7 @@ def cmd_verify(ctx) -> int:
             return (f"{'' if single else r['file'] + ': '}LLR {r['llr']} (score {r['score']}, cosine {r['cosine']}; "
                     f"threshold {r['threshold_llr']}, {r['calibration']}): {verdict}")
 
-        return run_batch(ctx, a.files, rec, decide, text)
+        return run_batch(ctx, a.files, rec, decide, text, notice=rec.calibration.notice)
     finally:
         if store is not None:
             store.close()
@@ -264,8 +260,8 @@ def cmd_identify(ctx) -> int:
         raise VoxguardError("--top must be at least 1")
     store, rec = _recognizer(ctx)
     try:
-        _print_notice(ctx, rec)
-        return run_batch(ctx, ctx.args.files, rec, lambda e: rec.identify(e, ctx.args.top), identify_text)
+        return run_batch(ctx, ctx.args.files, rec, lambda e: rec.identify(e, ctx.args.top), identify_text,
+                         notice=rec.calibration.notice)
     finally:
         store.close()
 

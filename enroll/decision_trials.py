@@ -4,7 +4,10 @@ For one band's genuine samples (utterance embeddings and their window embeddings
 scoring backend, :func:`band_trials` returns target and non-target scores of:
 
 * ``utterance`` — an utterance against its own speaker's model built without it
-  (leave-one-out), and against every other speaker's model;
+  (leave-one-out), and against every other speaker's model; also split by the utterance's
+  number of windows (``utterance@<n>``: at least ``n`` windows, fewer than the next bin of
+  :data:`UTTERANCE_WINDOW_BINS`), because a longer recording gives more extreme scores in
+  both directions and one threshold cannot suit a 1 s answer and a 10 s sentence;
 * ``window`` — each window of an utterance against the same models (its own speaker's
   model built without the window's utterance);
 * ``session`` — for each window count ``n`` of :data:`SESSION_WINDOWS`, the mean of ``n``
@@ -27,6 +30,7 @@ from ..backend import ScoreBackend
 from ..embedders.base import l2_normalise
 
 SESSION_WINDOWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+UTTERANCE_WINDOW_BINS = (1, 2, 3, 4, 6, 9)  # lower edges, in windows (1.5 s every 0.5 s)
 SESSIONS_PER_SPEAKER = 24  # random session starts per speaker and window count
 MAX_DIFFERENT_PAIRS = 5000  # per group (x folds x bands: enough for a 1 % operating point)
 
@@ -70,6 +74,12 @@ def band_trials(backend: ScoreBackend, data: BandSamples, rng: np.random.Generat
     loo = l2_normalise(sums[own] - data.utt)  # each utterance's own model without it
     same = backend.score_pairs(data.utt[ok], loo[ok], [names[i] for i in own[ok]])
     out["utterance"] = (same, full[other])
+    if data.windows is not None:
+        n_win = np.array([len(w) for w in data.windows])
+        edges = list(UTTERANCE_WINDOW_BINS) + [np.inf]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            rows = (n_win >= lo) & (n_win < hi)
+            out[f"utterance@{lo}"] = (same[rows[ok]], full[rows][other[rows]])
     # windows vs model, and sessions of consecutive windows
     if data.windows is not None and len(data.windows):
         w_utt = np.concatenate([np.full(len(w), i) for i, w in enumerate(data.windows)])

@@ -155,9 +155,10 @@ def test_cli_check_json(built, trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["check", str(wav), "--claimed", names[2], "--json", "--store", str(path)]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert set(d) == {"file", "duration", "identity", "claimed", "clone", "detector"}
-    assert set(d["identity"]) >= {"speaker", "best", "score", "margin", "threshold", "threshold_source"}
-    assert d["claimed"]["speaker"] == names[2] and isinstance(d["claimed"]["accepted"], bool)
+    assert set(d) == {"file", "duration", "speaker", "band", "identity", "claimed", "clone", "detector"}
+    assert set(d["identity"]) >= {"speaker", "decision", "best", "llr", "score", "cosine", "margin", "threshold_llr",
+                                  "calibration"}
+    assert d["claimed"]["speaker"] == names[2] and d["claimed"]["decision"] in ("accept", "reject")
     assert set(d["clone"]) == {"score", "level", "speaker", "evidence"}
     assert d["clone"]["speaker"] == names[2] and d["clone"]["level"] in LEVELS
     assert "countermeasure_llr" in d["clone"]["evidence"] and d["detector"].startswith("calibration #")

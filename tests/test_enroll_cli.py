@@ -88,11 +88,16 @@ def test_bad_audio_on_a_new_store_creates_nothing(bad_files, tmp_path):
 
 
 def test_json_errors(bad_files, enrolled):
+    # a file that cannot be used is one JSON line of its own (JSON Lines: one object per input file)
     path, why = bad_files["missing"]
     r = run_cli("--json", "identify", str(path), store=enrolled)
+    assert r.returncode == 2
+    assert json.loads(r.stdout) == {"file": str(path), "speaker": None, "error": why}
+    # errors that are not about one file are one JSON object on stderr
+    r = run_cli("--json", "identify", str(path), store=enrolled.parent / "no-such-store.db")
     assert r.returncode != 0 and r.stdout == b""
     err = json.loads(r.stderr)
-    assert err["error"] == "AudioError" and str(path) in err["message"] and why in err["message"]
+    assert err["error"] == "StoreError" and "no store at" in err["message"]
 
 
 def _phone_mp3(src, dest, via: str) -> None:
@@ -172,11 +177,12 @@ def test_readd_and_remove(enrolled, an4_speakers, tmp_path):
     r = run_cli("--json", "enroll", "add", "fash", *map(str, an4_speakers["fash"][:3]), store=store)
     assert r.returncode == 0 and json.loads(r.stdout) == {"speaker": "fash", "kind": "genuine", "added": 0,
                                                           "skipped": 3, "failed": []}
-    # verify against an enrolled speaker: a threshold above any cosine rejects with exit 1
-    r = run_cli("--json", "verify", str(an4_speakers["fash"][5]), "fash", "--threshold", "1.01", store=store)
+    # verify against an enrolled speaker: a threshold (LLR) above any evidence rejects with exit 1
+    r = run_cli("--json", "verify", str(an4_speakers["fash"][5]), "fash", "--threshold", "29", store=store)
     assert r.returncode == 1, r.stderr.decode()
     out = json.loads(r.stdout)
-    assert out["decision"] == "reject" and out["b"] == {"speaker": "fash"} and 0.5 < out["score"] <= 1.0
+    assert out["decision"] == "reject" and out["ref"] == {"speaker": "fash"} and 0.5 < out["cosine"] <= 1.0
+    assert out["calibration"].startswith("default:resemblyzer:utterance") and out["threshold_llr"] == 29
     r = run_cli("--json", "enroll", "remove", "fash", store=store)
     assert r.returncode == 0 and json.loads(r.stdout) == {"speaker": "fash", "removed_samples": 3}
     r = run_cli("--json", "identify", str(an4_speakers["fash"][5]), store=store)

@@ -314,7 +314,8 @@ class SpeakerIndex:
                 c = int(ic[r, j])
                 if c < 0:
                     continue
-                spks.append(SpeakerScore(self.speaker_names[c], float(dc[r, j]), best_g.get(c), best_c.get(c)))
+                spks.append(SpeakerScore(self.speaker_names[c], float(dc[r, j]), best_g.get(c), best_c.get(c),
+                                         cosine=float(dc[r, j])))
             results.append(SearchResult(spks, nbs))
         return results
 

@@ -27,7 +27,7 @@ from .bands import TELEPHONE, WIDE, detect_band, telephone_simulation
 from .errors import StoreError, UnknownSpeaker
 from .index import SearchResult, SpeakerIndex
 from .scoring import Calibration, SpeakerScorer, load_calibration
-from .utterance import embed_utterances
+from .utterance import embed_window_sets, utterance_of
 
 EMBED_FILES_PER_CALL = 16
 
@@ -38,11 +38,12 @@ def _r(x: float | None, nd: int = 4) -> float | None:
 
 @dataclass
 class Embedded:
-    """One recording's utterance embedding and band."""
+    """One recording's utterance embedding, band and number of analysis windows."""
 
     audio: Audio
     band: str
     vector: np.ndarray
+    windows: int = 1
 
 
 class Recognizer:
@@ -71,32 +72,32 @@ class Recognizer:
         out: list[Embedded] = []
         for s in range(0, len(audios), EMBED_FILES_PER_CALL):
             part = audios[s: s + EMBED_FILES_PER_CALL]
-            vecs = embed_utterances(self.embedder, [a.samples for a in part])
-            for a, v in zip(part, vecs):
-                out.append(Embedded(a, band or detect_band(a.samples, a.source_rate), v))
+            sets = embed_window_sets(self.embedder, [a.samples for a in part])
+            for a, w in zip(part, sets):
+                out.append(Embedded(a, band or detect_band(a.samples, a.source_rate), utterance_of(w), len(w)))
         return out
 
     def as_band(self, e: Embedded, band: str) -> Embedded:
         """The same recording embedded in ``band`` (wide audio through the telephone simulation)."""
         if e.band == band or band == WIDE:
             return e
-        v = embed_utterances(self.embedder, [telephone_simulation(e.audio.samples)])[0]
-        return Embedded(e.audio, band, v)
+        w = embed_window_sets(self.embedder, [telephone_simulation(e.audio.samples)])[0]
+        return Embedded(e.audio, band, utterance_of(w), len(w))
 
     # -- decisions --------------------------------------------------------------------------
-    def _calibrated(self, trial: str, band: str):
-        cal = self.calibration.trial(trial, band)
+    def _calibrated(self, trial: str, band: str, windows: int | None = None):
+        cal = self.calibration.trial(trial, band, windows)
         return cal, (cal.label() if cal is not None else self.calibration.source)
 
     def search(self, e: Embedded, k: int) -> SearchResult:
         return self.scorer.search(e.vector[None, :], k=k, neighbors=max(16, 4 * k), trial="utterance",
-                                  band=e.band)[0]
+                                  band=e.band, windows=e.windows)[0]
 
     def identify(self, e: Embedded, k: int = 5, result: SearchResult | None = None) -> dict:
         """Open-set identification of one recording."""
         res = result or self.search(e, k)
         best = res.best
-        cal, label = self._calibrated("utterance", e.band)
+        cal, label = self._calibrated("utterance", e.band, e.windows)
         n = self.index.n_speakers
         threshold = None if cal is None else cal.open_set_threshold(n, self.calibration.open_set_alpha)
         named = best is not None and cal is not None and best.llr >= threshold
@@ -121,7 +122,7 @@ class Recognizer:
             raise UnknownSpeaker(speaker)
         score = self.scorer.speaker_score(e.vector, speaker, e.band)
         cosine = float(np.dot(self.index.speaker_centroid(speaker, e.band), e.vector))
-        return self._verdict("utterance", e.band, score, cosine)
+        return self._verdict("utterance", e.band, score, cosine, e.windows)
 
     def verify_pair(self, a: Embedded, b: Embedded) -> dict:
         """One recording against another."""
@@ -131,8 +132,8 @@ class Recognizer:
         score = float(np.dot(a.vector, b.vector)) if be is None else float(be.score_pairs(a.vector[None], b.vector[None])[0])
         return self._verdict("pair", band, score, float(np.dot(a.vector, b.vector)))
 
-    def _verdict(self, trial: str, band: str, score: float, cosine: float) -> dict:
-        cal, label = self._calibrated(trial, band)
+    def _verdict(self, trial: str, band: str, score: float, cosine: float, windows: int | None = None) -> dict:
+        cal, label = self._calibrated(trial, band, windows)
         llr = None if cal is None else float(cal.llr(score))
         decision = "uncalibrated" if cal is None else ("accept" if llr >= cal.accept_llr else "reject")
         return {"decision": decision, "llr": _r(llr), "score": _r(score), "cosine": _r(cosine),

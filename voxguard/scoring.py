@@ -72,6 +72,7 @@ class Calibration:
     trials: dict = field(default_factory=dict)  # (trial, band) -> TrialCalibration
     sessions: dict = field(default_factory=dict)  # band -> SessionCalibration
     open_set_alpha: float = 0.02
+    utterance_bins: dict = field(default_factory=dict)  # band -> utterance calibrations by window count
     thresholds: Thresholds | None = None
     notice: str | None = None  # why this calibration (and not the store's own) is in use
 
@@ -87,25 +88,35 @@ class Calibration:
     def from_record(cls, source: str, data: dict, backend: ScoreBackend | None,
                     thresholds: Thresholds | None = None, notice: str | None = None) -> "Calibration":
         dec = data.get("decisions") or {}
-        trials, sessions = {}, {}
+        trials, sessions, bins = {}, {}, {}
         for band, entry in dec.get("bands", {}).items():
             for trial, d in entry.items():
                 if trial == "session":
                     sessions[band] = SessionCalibration.from_list(band, d, source)
+                elif trial == "utterance_by_windows":
+                    bins[band] = SessionCalibration.from_list(band, d, source)
                 else:
                     trials[(trial, band)] = TrialCalibration.from_dict(d, source)
-        return cls(source, backend, trials, sessions, float(dec.get("open_set_alpha", 0.02)), thresholds, notice)
+        return cls(source, backend, trials, sessions, float(dec.get("open_set_alpha", 0.02)), bins, thresholds,
+                   notice)
 
     @classmethod
     def uncalibrated(cls, embedder_name: str | None, notice: str) -> "Calibration":
         th = Thresholds(float("inf"), "uncalibrated")
-        return cls("uncalibrated", None, {}, {}, 0.02, th, notice)
+        return cls("uncalibrated", None, {}, {}, 0.02, {}, th, notice)
 
-    def trial(self, trial: str, band: str = WIDE) -> TrialCalibration | None:
-        """The calibration of ``trial`` in ``band``; the wide band's when the band was not
-        calibrated (its label says so).  ``None`` when uncalibrated."""
+    def trial(self, trial: str, band: str = WIDE, windows: int | None = None) -> TrialCalibration | None:
+        """The calibration of ``trial`` in ``band`` — for an ``utterance`` of ``windows``
+        windows, the one calibrated for recordings of that length when there is one; the
+        wide band's when the band was not calibrated (its label says so).  ``None`` when
+        uncalibrated."""
         if trial == "session":
             raise ValueError("use session(band, windows) for session trials")
+        if trial == "utterance" and windows is not None:
+            bins = self.utterance_bins.get(band) or (self.utterance_bins.get(WIDE) if (trial, band) not in
+                                                     self.trials else None)
+            if bins is not None and bins.by_windows:
+                return bins.for_windows(windows)
         return self.trials.get((trial, band)) or self.trials.get((trial, WIDE))
 
     def session(self, windows: int, band: str = WIDE) -> TrialCalibration | None:
@@ -270,12 +281,12 @@ class SpeakerScorer:
             return None
         return col if col < self.index.n_speakers else None
 
-    def llr(self, scores, trial: str = "utterance", band: str = WIDE):
-        cal = self.calibration.trial(trial, band)
+    def llr(self, scores, trial: str = "utterance", band: str = WIDE, windows: int | None = None):
+        cal = self.calibration.trial(trial, band, windows)
         return None if cal is None else cal.llr(scores)
 
     def search(self, queries, k: int = 5, neighbors: int = 32, trial: str = "utterance",
-               band: str = WIDE, scores: np.ndarray | None = None) -> list[SearchResult]:
+               band: str = WIDE, scores: np.ndarray | None = None, windows: int | None = None) -> list[SearchResult]:
         """Rank enrolled speakers for each row of ``queries`` (L2-normalised embeddings)
         by backend score; ``scores`` may pass :meth:`score_all` output already computed."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -287,7 +298,7 @@ class SpeakerScorer:
         if scores is None:
             scores = self.score_all(q, band)
         cosines = scores if self.backend is None else q @ self.index.models(band)[: self.index.n_speakers].T
-        cal = self.calibration.trial(trial, band)
+        cal = self.calibration.trial(trial, band, windows)
         k_spk = min(k, scores.shape[1])
         part = np.argpartition(-scores, k_spk - 1, axis=1)[:, :k_spk] if k_spk < scores.shape[1] else \
             np.tile(np.arange(scores.shape[1]), (len(q), 1))
