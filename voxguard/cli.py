@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(ctx) or 0)
     except VoxguardError as e:
         if ctx.json:
-            print(json.dumps({"error": type(e).__name__, "message": e.message}), file=sys.stderr)
+            print(json.dumps({"error": e.kind or type(e).__name__, "message": e.message}), file=sys.stderr)
         else:
             print(f"voxguard: error: {e.message}", file=sys.stderr)
         return e.exit_code
