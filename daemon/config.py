@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from voxguard.errors import VoxguardError
+from voxguard.store import StoreLocation, parse_store_location
 
 from .session import SessionLimits
 
@@ -25,7 +26,7 @@ class ConfigError(VoxguardError):
 
 @dataclass(frozen=True)
 class ServeConfig:
-    store: Path
+    store: StoreLocation
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     tokens: tuple[str, ...] = ()
@@ -44,7 +45,11 @@ class ServeConfig:
     webhook_secret: str | None = None
     webhook_level: str = "medium"
     webhook_timeout: float = 5.0
+    follow_interval: float = 0.5  # seconds between store revision checks (SQLite poll; PostgreSQL listen timeout)
     limits: SessionLimits = field(default_factory=SessionLimits)
+
+    def __post_init__(self) -> None:  # a path or URL given directly becomes a StoreLocation
+        object.__setattr__(self, "store", parse_store_location(self.store))
 
     @property
     def auth_required(self) -> bool:
@@ -70,6 +75,8 @@ class ServeConfig:
             raise ConfigError("--max-monitors and --monitor-queue must be at least 1")
         if self.webhook_timeout <= 0:
             raise ConfigError("--webhook-timeout must be positive")
+        if self.follow_interval < 0:
+            raise ConfigError("--follow-interval must be 0 (off) or positive")
         for name in ("idle_timeout", "write_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -150,13 +157,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="how long a window waits for others to join its batch (default 5 ms)")
     eng.add_argument("--faiss-threads", type=int, default=1,
                      help="OpenMP threads for index searches (default 1; 0 keeps FAISS's default)")
+    eng.add_argument("--follow-interval", type=float, default=0.5, metavar="SECONDS",
+                     help="how often the store's revision is checked (SQLite poll; PostgreSQL LISTEN timeout) "
+                          "to reload by itself (default 0.5; 0: reload only on SIGHUP or /admin/reload)")
     eng.add_argument("--enter-windows", type=int, default=2,
                      help="consistent windows before a speaker becomes current (default 2)")
     eng.add_argument("--exit-windows", type=int, default=3,
                      help="contradicting windows before the current speaker is dropped (default 3)")
 
 
-def from_args(args: argparse.Namespace, store: Path) -> ServeConfig:
+def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
     limits = SessionLimits(max_frame_bytes=args.max_frame_bytes, max_duration=args.max_duration,
                            max_pending=args.max_pending_windows, enter_windows=args.enter_windows,
                            exit_windows=args.exit_windows)
@@ -172,6 +182,7 @@ def from_args(args: argparse.Namespace, store: Path) -> ServeConfig:
         idle_timeout=args.idle_timeout, write_timeout=args.write_timeout, max_batch=args.max_batch,
         max_wait=args.max_wait_ms / 1000.0, faiss_threads=args.faiss_threads, max_monitors=args.max_monitors,
         monitor_queue=args.monitor_queue, webhooks=tuple(args.webhook or ()), webhook_secret=args.webhook_secret or None,
-        webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout, limits=limits)
+        webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout,
+        follow_interval=args.follow_interval, limits=limits)
     cfg.check()
     return cfg

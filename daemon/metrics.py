@@ -53,6 +53,12 @@ class DaemonMetrics:
         self.webhook_alerts = Counter("voxguard_webhook_alerts_total",
                                       "Alert deliveries per webhook URL, by result (sent, failed after retries, "
                                       "dropped from a full queue)", ["result"], registry=r)
+        self.store_errors = Counter("voxguard_store_errors_total",
+                                    "Failures to read or reload the store while following it (each retry counts)",
+                                    registry=r)
+        self.store_degraded = Gauge("voxguard_store_degraded",
+                                    "1 while the store cannot be read (streams are served from the loaded index)",
+                                    registry=r)
         self.model = Info("voxguard_model", "The embedder in use", registry=r)
         self.index = Info("voxguard_index", "The index in use", registry=r)
         self.index_speakers = Gauge("voxguard_index_speakers", "Enrolled speakers in the index", registry=r)

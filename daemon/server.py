@@ -45,6 +45,7 @@ from .alerts import AlertRules, WebhookSender
 from .batcher import Batcher
 from .call import CallSession
 from .config import ConfigError, ServeConfig
+from .follow import StoreFollower
 from .metrics import DaemonMetrics
 from .monitor import CallState, MonitorHub
 from .session import EngineInfo, Output, Session, WindowResult
@@ -311,6 +312,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._server = None
+        self.follower = StoreFollower(config.store, config.follow_interval, self.reload,
+                                      lambda: (self.snapshot.store_id, self.snapshot.revision), self.metrics)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -417,8 +420,12 @@ class Daemon:
         if path == "/healthz":
             return _json(200, {"status": "ok"})
         if path == "/readyz":
-            body = {"ready": self.ready, "embedder": self.engine_info().embedder if self.batcher else None,
-                    "index": self.snapshot.info() if self.batcher else None, "active_streams": len(self.streams)}
+            # degraded (store unreadable) stays 200: streams are served from the loaded index
+            body = {"ready": self.ready, "degraded": self.follower.degraded,
+                    "revision": self.snapshot.revision if self.batcher else None,
+                    "embedder": self.engine_info().embedder if self.batcher else None,
+                    "index": self.snapshot.info() if self.batcher else None, "store": self.follower.status(),
+                    "active_streams": len(self.streams)}
             return _json(200 if self.ready else 503, body)
         if path == CALLS_PATH:
             denied = self._auth_failure(request, query)
@@ -587,9 +594,12 @@ class Daemon:
             self._loop.add_signal_handler(sig, fn)
         self.notifier.notify("READY=1")
         watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
+        follow = asyncio.create_task(self.follower.run()) if cfg.follow_interval > 0 else None
         if on_listening:
             on_listening(self)
         await self._stop.wait()
+        if follow:
+            follow.cancel()
         await self._shutdown()
         if watchdog:
             watchdog.cancel()

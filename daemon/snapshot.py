@@ -15,8 +15,9 @@ from voxguard.clone_detection import CloneDetector
 from voxguard.embedders.base import EmbedderIdentity
 from voxguard.index import SpeakerIndex
 from voxguard.llr import TrialCalibration
+from voxguard.errors import StoreMissing
 from voxguard.scoring import Calibration, SpeakerScorer, Thresholds, load_calibration
-from voxguard.store import SpeakerStore
+from voxguard.store import StoreLocation, parse_store_location
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +65,24 @@ class ScoringSnapshot:
         return self._rows.get(speaker)
 
 
-def load_snapshot(store_path: str | Path, identity: EmbedderIdentity, use_gpu: bool | None = None) -> ScoringSnapshot:
-    """Read the store at ``store_path`` (and its index, rebuilt if stale).
+def load_snapshot(location: StoreLocation | str | Path, identity: EmbedderIdentity,
+                  use_gpu: bool | None = None) -> ScoringSnapshot:
+    """Read the store at ``location`` (and its index: the file beside an SQLite store,
+    rebuilt if stale; built in memory from a PostgreSQL store), in one consistent read.
 
-    A missing store gives an empty snapshot (no enrolled speakers; enroll and reload).
-    A store made with another embedder raises :class:`~voxguard.errors.EmbedderMismatch`.
+    A missing store gives an empty snapshot (no enrolled speakers yet).  A store made with
+    another embedder raises :class:`~voxguard.errors.EmbedderMismatch`; an unreachable
+    database :class:`~voxguard.errors.StoreError`.
     """
-    path = Path(store_path).expanduser()
-    if not path.exists():
-        log.warning("no store at %s yet: serving with no enrolled speakers", path)
+    location = parse_store_location(location)
+    try:
+        store = location.open(create=False, readonly=location.engine != "sqlite")
+    except StoreMissing:
+        log.warning("no store at %s yet: serving with no enrolled speakers", location)
         cal = load_calibration(None, identity)
         th = cal.thresholds or Thresholds(float("inf"), cal.source)
-        return ScoringSnapshot(th, CloneDetector.unavailable(th, "no store"), calibration=cal, store_path=str(path))
-    with SpeakerStore(path, create=False) as store:
+        return ScoringSnapshot(th, CloneDetector.unavailable(th, "no store"), calibration=cal, store_path=str(location))
+    with store, store.consistent_read():
         store.check_embedder(identity)
         index = SpeakerIndex.for_store(store, use_gpu=use_gpu)
         cal = load_calibration(store, identity)
@@ -85,5 +91,5 @@ def load_snapshot(store_path: str | Path, identity: EmbedderIdentity, use_gpu: b
         scorer = SpeakerScorer(index, cal.thresholds, cal.backend, cal)
         detector = CloneDetector.for_store(store, scorer.thresholds)
         rows = {name: i for i, name in enumerate(index.speaker_names[: index.n_speakers])}
-        return ScoringSnapshot(scorer.thresholds, detector, scorer if index.n_speakers else None, cal, str(path),
+        return ScoringSnapshot(scorer.thresholds, detector, scorer if index.n_speakers else None, cal, str(location),
                                store.store_id, store.revision, index.n_samples, rows)

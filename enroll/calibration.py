@@ -32,7 +32,7 @@ from ..embedders.base import l2_normalise
 from ..errors import VoxguardError
 from ..llr import (SessionCalibration, TrialCalibration, calibrate_trials, eer_point, error_rates,  # noqa: F401
                    far_point, min_dcf)
-from ..store import EmbeddingTable, SpeakerStore
+from ..store import EmbeddingTable, Store
 from .decision_trials import BandSamples, Trials, band_trials, merge_trials
 
 DEFAULT_BACKEND = "wccn+asnorm"  # measured best on AN4 (see README: Calibration)
@@ -461,7 +461,7 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
     return CalibrationResult(data, backend, trials, cosine)
 
 
-def band_views(store: SpeakerStore, embedder=None, save: bool = True) -> dict:
+def band_views(store: Store, embedder=None, save: bool = True) -> dict:
     """Every band's window embeddings of the store's samples.  Samples enrolled before band
     views existed (store schema 1) get them from their stored audio with ``embedder`` —
     stored in one transaction when ``save`` — or, without an embedder or audio, keep
@@ -500,7 +500,7 @@ def _with_views(table, extra: dict):
                      [info[i][2] if i in info else extra[i] for i in sorted(set(info) | set(extra))])
 
 
-def calibrate(store: SpeakerStore, config: CalibrationConfig | None = None, embedder=None,
+def calibrate(store: Store, config: CalibrationConfig | None = None, embedder=None,
               save_views: bool = True) -> CalibrationResult:
     """Compute a calibration of ``store`` (nothing is written but missing band views —
     see :func:`band_views`; the calibration itself is saved by :func:`save_calibration`)."""
@@ -508,7 +508,7 @@ def calibrate(store: SpeakerStore, config: CalibrationConfig | None = None, embe
     config.check()
     # step 1: every stored embedding — no re-embedding needed
     if store.embedder is None:
-        raise CalibrationError(f"{store.path} is empty: nothing to calibrate (enroll speakers first)")
+        raise CalibrationError(f"{store.location} is empty: nothing to calibrate (enroll speakers first)")
     views = band_views(store, embedder, save_views)
     table = store.embeddings()
     result = calibrate_input(CalibrationInput.from_table(table, views=views), config)
@@ -517,7 +517,7 @@ def calibrate(store: SpeakerStore, config: CalibrationConfig | None = None, embe
     return result
 
 
-def save_calibration(store: SpeakerStore, result: CalibrationResult) -> int:
+def save_calibration(store: Store, result: CalibrationResult) -> int:
     """Write the record and its blob in one transaction; returns the calibration id."""
     return store.save_calibration(result.data, result.blob())
 

@@ -58,7 +58,7 @@ from ..countermeasure import DiagGmm, LfccGmmCountermeasure, lfcc, voiced_audio
 from ..embedders.base import l2_normalise
 from ..errors import VoxguardError
 from ..scoring import Thresholds, calibration_for
-from ..store import SpeakerStore
+from ..store import Store
 from ..utterance import embed_window_sets, utterance_of
 from .cloning import DEFAULT_TEXTS, Reference, TargetVoice, create_cloner, generate_clones
 
@@ -263,7 +263,7 @@ def _embed(embedder, audios: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndar
     return np.stack([utterance_of(w) for w in sets]), [np.asarray(w, np.float32) for w in sets]
 
 
-def build_training_items(store: SpeakerStore, embedder, speakers: Sequence[str] | None = None,
+def build_training_items(store: Store, embedder, speakers: Sequence[str] | None = None,
                          clones_per_family: int = DEFAULT_CLONES_PER_FAMILY,
                          families: Sequence[str] = FAMILIES, channels: Sequence[str] = TRAIN_CHANNELS,
                          seed: int = 0, min_genuine_s: float = MIN_GENUINE_S,
@@ -589,7 +589,7 @@ def fit_detector(ts: TrainingSet, n_components: int = DEFAULT_COMPONENTS, seed: 
     return TrainedDetector(final, fusions, utt_edges, win_edges, session, band, stats, ts.embedder, info)
 
 
-def train_clone_detector(store: SpeakerStore, embedder, speakers: Sequence[str] | None = None,
+def train_clone_detector(store: Store, embedder, speakers: Sequence[str] | None = None,
                          clones_per_family: int = DEFAULT_CLONES_PER_FAMILY,
                          n_components: int = DEFAULT_COMPONENTS, seed: int = 0,
                          thresholds: Thresholds | None = None, backend=None, model: str = DEFAULT_MODEL,
@@ -615,7 +615,7 @@ def train_clone_detector(store: SpeakerStore, embedder, speakers: Sequence[str] 
     return fit_detector(ts, n_components, seed, thresholds, backend, model, progress=progress)
 
 
-def save_clone_detector(store: SpeakerStore, detector: TrainedDetector) -> int:
+def save_clone_detector(store: Store, detector: TrainedDetector) -> int:
     """Store ``detector`` in a new calibration record that keeps the newest one's data and blob."""
     latest = store.latest_calibration()
     data, blob = ({}, None) if latest is None else (dict(latest[1]), latest[2])
@@ -623,7 +623,7 @@ def save_clone_detector(store: SpeakerStore, detector: TrainedDetector) -> int:
     return store.save_calibration(data, blob)
 
 
-def add_clone_detector(store: SpeakerStore, embedder, result, progress: Callable[[str], None] | None = None
+def add_clone_detector(store: Store, embedder, result, progress: Callable[[str], None] | None = None
                        ) -> TrainedDetector | None:
     """The ``voxguard calibrate`` step: train on ``store`` with the thresholds and backend of the
     calibration ``result`` being made, and put the detector in ``result.data``.

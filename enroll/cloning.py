@@ -29,7 +29,7 @@ import soundfile as sf
 from .. import SAMPLE_RATE
 from ..audio import file_sha256
 from ..errors import VoxguardError
-from ..store import NewSample, SpeakerStore
+from ..store import NewSample, Store
 
 
 DEFAULT_TEXTS = (
@@ -125,7 +125,7 @@ def reject_options(backend: str, unused: dict) -> None:
         raise CloningError(f"the {backend} backend does not take {flags}")
 
 
-def target_voice(store: SpeakerStore, speaker: str, max_references: int | None = None) -> TargetVoice:
+def target_voice(store: Store, speaker: str, max_references: int | None = None) -> TargetVoice:
     """The speaker's enrolled genuine recordings that still have their audio."""
     infos = store.samples(speaker, "genuine")  # raises UnknownSpeaker
     refs = []

@@ -91,7 +91,7 @@ def cmd_add(ctx) -> int:
     for f in a.files:
         audio = load_audio(f)
         decoded[str(Path(f))] = (file_sha256(f), audio)
-    if not ctx.store_path.exists():
+    if not ctx.store_location.exists():
         ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
     with ctx.open_store(create=True) as store:
         enr = _enroller(ctx, store)
@@ -133,11 +133,11 @@ def cmd_show(ctx) -> int:
 
 
 def cmd_remove(ctx) -> int:
-    from ..index import SpeakerIndex, index_path_for
+    from ..index import SpeakerIndex
 
     with ctx.open_store() as store:
         n = store.remove_speaker(ctx.args.speaker)
-        SpeakerIndex.build(store, use_gpu=False).save(index_path_for(store.path))
+        SpeakerIndex.build(store, use_gpu=False).save_beside(store)
     ctx.emit({"speaker": ctx.args.speaker, "removed_samples": n},
              f"removed {ctx.args.speaker} ({n} samples)")
     return 0
@@ -171,7 +171,7 @@ def cmd_import(ctx) -> int:
     if not groups:
         raise VoxguardError(f"{root}: no speakers with audio files found for layout {a.layout}")
     reports = []
-    if not ctx.store_path.exists():
+    if not ctx.store_location.exists():
         ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
     with ctx.open_store(create=True) as store:
         enr = _enroller(ctx, store)
@@ -200,7 +200,7 @@ def _recognizer(ctx, need_speakers: bool = True):
     from ..recognizer import Recognizer
 
     store = None
-    if ctx.store_path.exists() or getattr(ctx.args, "store", None):
+    if ctx.store_location.exists() or getattr(ctx.args, "store", None):
         store = ctx.open_store(readonly=True)
     try:
         rec = Recognizer.for_store(store, ctx.embedder(store), need_speakers=need_speakers)

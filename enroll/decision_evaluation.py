@@ -40,7 +40,7 @@ from ..index import SpeakerIndex
 from ..llr import cllr, eer_point, min_dcf
 from ..recognizer import Recognizer
 from ..scoring import Calibration, thresholds_from_calibration
-from ..store import SpeakerStore
+from ..store import Store
 from ..utterance import embed_band_views
 from .calibration import CalibrationConfig, CalibrationError, CalibrationInput, calibrate_input
 from .decision_trials import BandSamples, pair_trials
@@ -72,7 +72,7 @@ def condition_audio(x: np.ndarray, condition: str, seed: int) -> Audio:
     return Audio(apply_chain(x, [condition], seed), SAMPLE_RATE, SAMPLE_RATE, 1)
 
 
-def _distractors(store: SpeakerStore, embedder, speakers: list[str], need: int, seed: int,
+def _distractors(store: Store, embedder, speakers: list[str], need: int, seed: int,
                  per_speaker: int = 8) -> dict[str, list[dict[str, np.ndarray]]]:
     """Band views of speed-perturbed copies of ``speakers`` (``need`` new speakers)."""
     rng = np.random.default_rng(seed)
@@ -89,7 +89,7 @@ def _distractors(store: SpeakerStore, embedder, speakers: list[str], need: int, 
     return out
 
 
-def _index(names: list[str], views: dict[str, list[dict[str, np.ndarray]]], store: SpeakerStore) -> SpeakerIndex:
+def _index(names: list[str], views: dict[str, list[dict[str, np.ndarray]]], store: Store) -> SpeakerIndex:
     """An in-memory index whose speaker models are the mean utterance embedding per band."""
     dim = store.embedder.dim
     cents = {b: np.zeros((len(names), dim)) for b in BANDS}
@@ -107,7 +107,7 @@ def _index(names: list[str], views: dict[str, list[dict[str, np.ndarray]]], stor
                         band_centroids={b: l2_normalise(c) for b, c in cents.items() if b != WIDE})
 
 
-def evaluate_decisions(store: SpeakerStore, embedder, test_speakers: int = 20, enroll: int = 5, seed: int = 0,
+def evaluate_decisions(store: Store, embedder, test_speakers: int = 20, enroll: int = 5, seed: int = 0,
                        config: CalibrationConfig | None = None, min_speakers: int = 90,
                        conditions: tuple[str, ...] | None = None) -> dict:
     """Open-set identification and calibration quality on held-out speakers (module docstring)."""

@@ -12,8 +12,8 @@ from typing import Iterable, Sequence
 from ..audio import Audio, file_sha256, load_audio
 from ..embedders.base import Embedder
 from ..errors import AudioError
-from ..index import SpeakerIndex, index_path_for
-from ..store import NewSample, SpeakerStore
+from ..index import SpeakerIndex
+from ..store import NewSample, Store
 from ..bands import WIDE
 from ..utterance import embed_band_views, utterance_of
 from ..vad import VadConfig
@@ -40,7 +40,7 @@ class EnrollReport:
 class Enroller:
     """Adds recordings to a store with one embedder."""
 
-    def __init__(self, store: SpeakerStore, embedder: Embedder, vad: VadConfig | None = None,
+    def __init__(self, store: Store, embedder: Embedder, vad: VadConfig | None = None,
                  windows: WindowConfig | None = None, keep_audio: bool = True):
         store.check_embedder(embedder.identity)
         self.store = store
@@ -101,7 +101,8 @@ class Enroller:
         return report
 
     def refresh_index(self) -> SpeakerIndex:
-        """Rebuild the FAISS index for the current store revision and save it atomically."""
+        """Rebuild the FAISS index for the current store revision and save it atomically
+        beside a file store (a PostgreSQL store's readers build theirs in memory)."""
         idx = SpeakerIndex.build(self.store, use_gpu=False)
-        idx.save(index_path_for(self.store.path))
+        idx.save_beside(self.store)
         return idx

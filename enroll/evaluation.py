@@ -28,7 +28,7 @@ from ..embedders.base import l2_normalise
 from ..index import SpeakerIndex
 from ..llr import TrialCalibration, cllr
 from ..scoring import SpeakerScorer, Thresholds
-from ..store import SpeakerStore
+from ..store import Store
 from .calibration import (CalibrationConfig, CalibrationError, CalibrationInput, calibrate_input,
                           eer_point, error_rates, min_dcf, with_backend)
 
@@ -98,7 +98,7 @@ def choose_test_speakers(names: list[str], counts: dict[str, int], test: int | l
     return chosen
 
 
-def evaluate(store: SpeakerStore, test_speakers: int | list[str] = 20, seed: int = 0, enroll: int = 5,
+def evaluate(store: Store, test_speakers: int | list[str] = 20, seed: int = 0, enroll: int = 5,
              config: CalibrationConfig | None = None) -> EvaluationResult:
     """Evaluate raw cosine and ``config.backend`` on a speaker-disjoint split of ``store``."""
     config = config or CalibrationConfig()
@@ -106,7 +106,7 @@ def evaluate(store: SpeakerStore, test_speakers: int | list[str] = 20, seed: int
     if enroll < 1:
         raise CalibrationError("--enroll must be at least 1")
     if store.embedder is None:
-        raise CalibrationError(f"{store.path} is empty: nothing to evaluate (enroll speakers first)")
+        raise CalibrationError(f"{store.location} is empty: nothing to evaluate (enroll speakers first)")
     table = store.embeddings()
     everything = CalibrationInput.from_table(table)
     names, counts = np.unique(everything.gen_spk, return_counts=True)
@@ -134,7 +134,7 @@ def evaluate(store: SpeakerStore, test_speakers: int | list[str] = 20, seed: int
 
 
 def _measure(cal, held: CalibrationInput, test: list[str], enroll_rows: np.ndarray, test_rows: np.ndarray,
-             store: SpeakerStore) -> BackendEvaluation:
+             store: Store) -> BackendEvaluation:
     backend = cal.backend if cal.backend.name != "cosine" else None
     th = cal.thresholds
     # single-utterance pairs
@@ -198,7 +198,7 @@ def _measure(cal, held: CalibrationInput, test: list[str], enroll_rows: np.ndarr
 
 
 def _enrollment_index(held: CalibrationInput, enroll_rows: np.ndarray, test: list[str],
-                      store: SpeakerStore) -> SpeakerIndex:
+                      store: Store) -> SpeakerIndex:
     """An in-memory index of the held-out speakers' enrollment utterances (and their clones)."""
     pos = {n: i for i, n in enumerate(test)}
     spk = held.gen_spk[enroll_rows]

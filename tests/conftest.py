@@ -61,3 +61,27 @@ def speech_like(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
     x = sum(np.sin(k * phase) / k for k in range(1, 20))
     env = 0.5 * (1 + np.sin(2 * np.pi * 3 * t))
     return (0.2 * x * env + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server for the whole session (see tests/pg_support.py)."""
+    from pg_support import MISSING, NoServerUser, PgCluster, pg_bindir
+
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.skip(MISSING)
+    try:
+        cluster = PgCluster(bindir)
+    except NoServerUser as e:
+        pytest.skip(str(e))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a fresh, empty database (with its password)."""
+    return pg_cluster.new_database()

@@ -18,7 +18,7 @@ import pytest
 from conftest import run_cli
 from voxguard.audio import load_audio
 from voxguard.index import SpeakerIndex
-from voxguard.store import SpeakerStore
+from voxguard.store import SpeakerStore, open_store
 from voxguard.utterance import embed_utterances
 
 pytestmark = [pytest.mark.an4, pytest.mark.slow]
@@ -117,16 +117,24 @@ def test_reimport_is_a_no_op(imported, an4_root):
     assert after == before
 
 
-def _speaker_count(path) -> int:
+def _speaker_count(location) -> int:
+    if str(location).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(location), autocommit=True) as db:
+            if db.execute("SELECT to_regclass('speakers')").fetchone()[0] is None:
+                return 0  # not created yet
+            return db.execute("SELECT count(*) FROM speakers").fetchone()[0]
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        with sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=5) as db:
             return db.execute("SELECT count(*) FROM speakers").fetchone()[0]
     except sqlite3.Error:  # not created yet
         return 0
 
 
-def test_sigkill_mid_import_leaves_whole_speakers(tmp_path, an4_root, an4_speakers):
-    store = tmp_path / "killed.db"
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_sigkill_mid_import_leaves_whole_speakers(tmp_path, an4_root, an4_speakers, engine, request):
+    store = tmp_path / "killed.db" if engine == "sqlite" else request.getfixturevalue("pg_url")
     names = sorted(an4_speakers)[:24]
     cmd = [sys.executable, "-m", "voxguard.cli", "enroll", "import", str(an4_root), "--layout", "an4",
            "--per-speaker", str(PER_SPEAKER), "--speakers", ",".join(names), "--no-progress", "--store", str(store)]
@@ -146,8 +154,9 @@ def test_sigkill_mid_import_leaves_whole_speakers(tmp_path, an4_root, an4_speake
             proc.wait()
         proc.stderr.close()
 
-    with SpeakerStore(store) as s:  # opens (and recovers the WAL) as the next command would
-        assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with open_store(store) as s:  # opens (and recovers the WAL) as the next command would
+        if engine == "sqlite":
+            assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         speakers = s.speakers()
         done = [x.name for x in speakers]
         assert len(names) // 2 <= len(done) < len(names)
@@ -165,6 +174,6 @@ def test_sigkill_mid_import_leaves_whole_speakers(tmp_path, an4_root, an4_speake
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads(r.stdout) == {"speakers": len(more), "added": 2 * PER_SPEAKER,
                                     "skipped": len(done) * PER_SPEAKER, "failed": []}
-    with SpeakerStore(store, readonly=True) as s:
+    with open_store(store, readonly=True) as s:
         assert [x.name for x in s.speakers()] == more
         assert SpeakerIndex.for_store(s, use_gpu=False, save=False).n_speakers == len(more)

@@ -159,3 +159,34 @@ def test_for_store_detects_stale_and_broken_files(store, tmp_path):
         SpeakerIndex.load(path, use_gpu=False)
     assert SpeakerIndex.for_store(store, use_gpu=False).is_current(store)
     assert SpeakerIndex.load(path, use_gpu=False).is_current(store)  # rewritten
+
+
+def test_index_type_follows_size_and_survives_save_load(tmp_path, monkeypatch):
+    """Above EXACT_MAX_ROWS rows an index is IVF-Flat (thresholds measured by
+    bench/bench_index_scale.py); it finds what exact search finds and round-trips through
+    the index file."""
+    import voxguard.index as vi
+
+    monkeypatch.setattr(vi, "EXACT_MAX_ROWS", 300)
+    rng = np.random.default_rng(3)
+    dim = 16
+    with SpeakerStore(tmp_path / "big.db") as s:
+        for i in range(120):  # 120 speakers x 4 samples: 120 centroid rows (exact), 480 sample rows (IVF)
+            add(s, f"spk{i:03d}", "genuine", l2_normalise(rng.standard_normal((4, dim))), tag=str(i))
+        idx = SpeakerIndex.build(s, use_gpu=False)
+        assert idx.kinds == {"speakers": "IndexFlatIP", "samples": "IndexIVFFlat"}
+        q = l2_normalise(rng.standard_normal((64, dim))).astype(np.float32)
+        exact = faiss_exact_top1(s.embeddings().vectors, q)
+        got = [r.neighbors[0].sample_id for r in idx.search(q, k=3, neighbors=8)]
+        ids = s.embeddings().ids
+        assert np.mean(np.array(got) == ids[exact]) >= 0.9
+        path = tmp_path / "big.faiss"
+        idx.save(path)
+        back = SpeakerIndex.load(path, use_gpu=False)
+        assert back.kinds == idx.kinds and back.dim == dim and back.n_samples == 480
+        assert [r.neighbors[0].sample_id for r in back.search(q, k=3, neighbors=8)] == got
+        np.testing.assert_allclose(back.centroids, idx.centroids, atol=1e-6)
+
+
+def faiss_exact_top1(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.argmax(q @ vectors.T, axis=1)

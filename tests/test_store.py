@@ -1,16 +1,19 @@
-"""voxguard.store: the SQLite speaker store (real SQLite files in tmp dirs)."""
+"""voxguard.store: one test suite run against both engines — an SQLite file in a tmp dir and a
+fresh database on a throwaway PostgreSQL server (tests/pg_support.py) — plus what is
+particular to each (foreign files and migrations; URLs, foreign databases)."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from voxguard.embedders.base import EmbedderIdentity, l2_normalise
-from voxguard.errors import EmbedderMismatch, StoreError, UnknownSpeaker
-from voxguard.store import SCHEMA_VERSION, NewSample, SpeakerStore
+from voxguard.errors import EmbedderMismatch, StoreError, StoreMissing, UnknownSpeaker
+from voxguard.store import SCHEMA_VERSION, NewSample, SpeakerStore, open_store, parse_store_location
 
 IDENT = EmbedderIdentity("resemblyzer", 8, "test-1")
 OTHER = EmbedderIdentity("titanet", 8, "nemo-weights:abc")
@@ -28,21 +31,53 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+class Backend:
+    """One store location of either engine, opened as often as a test likes."""
+
+    def __init__(self, engine: str, location: str):
+        self.engine, self.location = engine, location
+
+    def open(self, **kw):
+        return open_store(self.location, **kw)
+
+    def exists(self) -> bool:
+        return parse_store_location(self.location).exists()
+
+    def raw(self, sql: str) -> None:
+        """Run SQL behind the store's back (what another program could do)."""
+        if self.engine == "sqlite":
+            with sqlite3.connect(self.location) as db:
+                db.execute(sql)
+        else:
+            import psycopg
+
+            with psycopg.connect(self.location, autocommit=True) as db:
+                db.execute(sql)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    if request.param == "sqlite":
+        return Backend("sqlite", str(tmp_path / "sub" / "s.db"))
+    return Backend("postgresql", request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def store(tmp_path):
-    with SpeakerStore(tmp_path / "s.db") as s:
+def store(backend):
+    with backend.open() as s:
         yield s
 
 
-def test_new_store(tmp_path):
-    path = tmp_path / "sub" / "s.db"
-    with SpeakerStore(path) as s:
-        assert path.exists() and s.embedder is None and s.speakers() == []
+def test_new_store(backend):
+    assert not backend.exists()
+    with backend.open() as s:
+        assert backend.exists() and s.embedder is None and s.speakers() == []
         rev, sid = s.revision, s.store_id
-        assert len(sid) == 32
+        assert len(sid) == 32 and s.state() == (sid, rev)
         st = s.stats()
         assert st["speakers"] == 0 and st["genuine_samples"] == 0 and st["embedder"] is None
-    with SpeakerStore(path) as s:  # reopening keeps identity and revision
+        assert st["size_bytes"] > 0 and st["store"] == s.location
+    with backend.open() as s:  # reopening keeps identity and revision
         assert (s.revision, s.store_id) == (rev, sid)
 
 
@@ -129,11 +164,10 @@ def test_transaction_rolls_back_on_error(store):
     assert store.speaker("alice").genuine == 1 and store.revision == rev
 
 
-def test_concurrent_reader_sees_old_or_new_state(tmp_path):
-    path = tmp_path / "s.db"
-    with SpeakerStore(path) as writer:
+def test_concurrent_reader_sees_old_or_new_state(backend):
+    with backend.open() as writer:
         writer.add_samples("alice", "genuine", [sample("a1")], IDENT)
-        with SpeakerStore(path, readonly=True) as reader:
+        with backend.open(readonly=True) as reader:
             with writer.transaction() as db:
                 db.execute("INSERT INTO speakers (name, created_at) VALUES ('bob', 0)")
                 assert [s.name for s in reader.speakers()] == ["alice"]  # uncommitted: old state
@@ -158,21 +192,23 @@ def test_remove_speaker(store):
     assert store.revision == rev + 1
 
 
-def test_readonly(tmp_path):
-    path = tmp_path / "s.db"
-    with pytest.raises(StoreError, match="no store at"):
-        SpeakerStore(path, readonly=True)
-    with pytest.raises(StoreError, match="no store at"):
-        SpeakerStore(path, create=False)
-    assert not path.exists()
-    with SpeakerStore(path) as s:
+def test_readonly(backend):
+    for kw in ({"readonly": True}, {"create": False}):
+        with pytest.raises(StoreMissing, match="no (voxguard )?store (at|in)"):
+            backend.open(**kw)
+    assert not backend.exists()
+    with backend.open() as s:
         s.add_samples("alice", "genuine", [sample("a1")], IDENT)
-    before = sha(path)
-    with SpeakerStore(path, readonly=True) as ro:
+        rev = s.revision
+    before = sha(Path(backend.location)) if backend.engine == "sqlite" else None
+    with backend.open(readonly=True) as ro:
         assert ro.speaker("alice").genuine == 1 and ro.embedder == IDENT
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(Exception, match="read-?only"):
             ro.add_samples("bob", "genuine", [sample("b1")], IDENT)
-    assert sha(path) == before
+    if before is not None:
+        assert sha(Path(backend.location)) == before
+    with backend.open() as s:
+        assert s.revision == rev and [x.name for x in s.speakers()] == ["alice"]
 
 
 @pytest.mark.parametrize("readonly", [False, True])
@@ -197,13 +233,11 @@ def test_not_a_store(tmp_path, readonly):
         SpeakerStore(tmp_path, readonly=readonly)
 
 
-def test_other_schema_version_is_refused(tmp_path):
-    path = tmp_path / "s.db"
-    SpeakerStore(path).close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=f"version 99.*versions 1, {SCHEMA_VERSION}"):
-        SpeakerStore(path)
+def test_other_schema_version_is_refused(backend):
+    backend.open().close()
+    backend.raw("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=f"version 99.*version.*{SCHEMA_VERSION}"):
+        backend.open()
 
 
 def test_calibrations(store):
@@ -249,3 +283,100 @@ def test_schema_1_store_is_migrated_on_write_and_readable_read_only(tmp_path):
     with SpeakerStore(path) as s:
         assert s._meta("schema_version") == str(SCHEMA_VERSION)
         assert s.samples()[0].speaker == "bob" and len(s.samples_without_view("wide")) == 1
+
+
+def test_wait_for_change_then_state_shows_another_writers_commit(backend):
+    import threading
+    import time
+
+    with backend.open() as follower, backend.open() as writer:
+        before = follower.state()
+
+        def write():
+            time.sleep(0.3)
+            writer.add_samples("alice", "genuine", [sample("w1")], IDENT)
+
+        t = threading.Thread(target=write)
+        t0 = time.monotonic()
+        t.start()
+        seen = before
+        while seen == before and time.monotonic() - t0 < 5:
+            follower.wait_for_change(0.5)
+            seen = follower.state()
+        t.join()
+        assert seen == (before[0], before[1] + 1)
+        if backend.engine == "postgresql":  # woken by the NOTIFY, not by the timeout
+            assert time.monotonic() - t0 < 0.3 + 0.45
+
+
+def test_concurrent_writers_queue_and_both_land(backend):
+    """Two processes' connections adding the same new speaker at once (the write lock)."""
+    import threading
+
+    stores = [backend.open() for _ in range(2)]
+    stores[0].close()  # created; now two writers race on a fresh speaker
+    stores = [backend.open() for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def add(s, tag):
+        try:
+            s.add_samples("carol", "genuine", [sample(tag)], IDENT)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=add, args=(s, f"c{i}")) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert errors == []
+    with backend.open(readonly=True) as s:
+        assert s.speaker("carol").genuine == 2
+
+
+@pytest.mark.parametrize("value", ["mysql://u:pw@h/db", "http://example.com/x", "sqlite://x.db", "s3://b/k"])
+def test_unsupported_url_schemes_are_refused(value, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match="unsupported store URL") as e:
+        open_store(value)
+    assert "pw" not in e.value.message and list(tmp_path.iterdir()) == []
+
+
+def test_locations():
+    loc = parse_store_location("postgresql://vg:secret@db.example:5433/voxguard?sslmode=require")
+    assert loc.engine == "postgresql" and loc.index_path is None and loc.path is None
+    assert str(loc) == "postgresql://vg:***@db.example:5433/voxguard?sslmode=require"
+    assert str(parse_store_location("postgres://h/db?password=secret&x=1")) == "postgres://h/db?password=***&x=1"
+    assert parse_store_location("POSTGRESQL://h/db").engine == "postgresql"
+    f = parse_store_location("~/x/s.db")
+    assert f.engine == "sqlite" and f.path == Path("~/x/s.db").expanduser()
+    assert f.index_path == Path(str(f.path) + ".faiss")
+    assert parse_store_location("rel:colon.db").engine == "sqlite"  # no '//': a file name
+
+
+def test_postgres_database_of_another_application_is_refused(pg_url):
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("CREATE TABLE notes (t TEXT)")
+    for kw in ({}, {"readonly": True}):
+        with pytest.raises(StoreError, match="not a voxguard store .*notes"):
+            open_store(pg_url, **kw)
+    with psycopg.connect(pg_url, autocommit=True) as db:  # nothing was created
+        assert db.execute("SELECT count(*) FROM information_schema.tables "
+                          "WHERE table_schema = 'public'").fetchone()[0] == 1
+
+
+def test_postgres_store_in_its_own_schema(pg_url):
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("CREATE TABLE notes (t TEXT)")
+        db.execute("CREATE SCHEMA vg")
+    url = pg_url + "?options=-csearch_path%3Dvg"
+    with open_store(url) as s:
+        s.add_samples("alice", "genuine", [sample("a1")], IDENT)
+    with open_store(url, readonly=True) as s:
+        assert [x.name for x in s.speakers()] == ["alice"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import VoxguardError
-from .paths import default_store_path
+from .paths import default_store
 
 COMMAND_MODULES = [
     "voxguard.enroll.commands",
@@ -42,14 +42,20 @@ class Context:
         return bool(getattr(self.args, "json", False))
 
     @property
-    def store_path(self) -> Path:
-        p = getattr(self.args, "store", None)
-        return Path(p).expanduser() if p else default_store_path()
+    def store_location(self):
+        """``--store``, else ``$VOXGUARD_STORE``, else the user data dir's file, as a
+        :class:`~voxguard.store.StoreLocation` (an unsupported URL scheme raises StoreError)."""
+        from .store import parse_store_location
+
+        return parse_store_location(getattr(self.args, "store", None) or default_store())
+
+    @property
+    def store_path(self):
+        """The old name of :attr:`store_location` (``exists()`` and ``str()`` work the same)."""
+        return self.store_location
 
     def open_store(self, create: bool = False, readonly: bool = False):
-        from .store import SpeakerStore
-
-        return SpeakerStore(self.store_path, create=create, readonly=readonly)
+        return self.store_location.open(create=create, readonly=readonly)
 
     def embedder_name(self, store=None) -> str:
         from .embedders import DEFAULT_EMBEDDER
@@ -98,8 +104,9 @@ def common_options() -> argparse.ArgumentParser:
     """Options every subcommand accepts (``SUPPRESS`` so a later one never erases an earlier one)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("global options")
-    g.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS,
-                   help="speaker store (SQLite); default $VOXGUARD_STORE or the user data dir")
+    g.add_argument("--store", metavar="PATH|URL", default=argparse.SUPPRESS,
+                   help="speaker store: an SQLite file, or postgresql://USER@HOST/DB; default "
+                        "$VOXGUARD_STORE or the user data dir")
     g.add_argument("--embedder", choices=["resemblyzer", "titanet"], default=argparse.SUPPRESS,
                    help="embedding model (default: the store's own, else resemblyzer)")
     g.add_argument("--model", metavar="NEMO", default=argparse.SUPPRESS,
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(ctx) or 0)
     except VoxguardError as e:
         if ctx.json:
-            print(json.dumps({"error": type(e).__name__, "message": e.message}), file=sys.stderr)
+            print(json.dumps({"error": e.kind or type(e).__name__, "message": e.message}), file=sys.stderr)
         else:
             print(f"voxguard: error: {e.message}", file=sys.stderr)
         return e.exit_code

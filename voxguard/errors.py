@@ -5,6 +5,7 @@ class VoxguardError(Exception):
     """Base class: a problem the user can act on, reported without a traceback."""
 
     exit_code = 2
+    kind: str | None = None  # the error's name in --json output (default: the class name)
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -22,6 +23,12 @@ class AudioError(VoxguardError):
 
 class StoreError(VoxguardError):
     """The speaker store cannot be opened or does not hold what was asked for."""
+
+
+class StoreMissing(StoreError):
+    """There is no store at the location yet (nothing enrolled)."""
+
+    kind = "StoreError"  # as before this class existed
 
 
 class EmbedderMismatch(StoreError):

@@ -25,13 +25,13 @@ import numpy as np
 from .bands import BANDS, WIDE
 from .embedders.base import l2_normalise
 from .errors import StoreError
-from .store import SpeakerStore
+from .store import INDEX_SUFFIX, Store
 
 INDEX_FORMAT = 2
 
 
 def index_path_for(store_path: str | Path) -> Path:
-    return Path(str(store_path) + ".faiss")
+    return Path(str(store_path) + INDEX_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,64 @@ def _serialize(index: faiss.Index) -> np.ndarray:
     return faiss.serialize_index(index)
 
 
+# -- the index type, chosen by size -------------------------------------------------------------
+# Measured with  nice -n 10 .venv/bin/python bench/bench_index_scale.py --sizes 10000,100000,1000000
+# and  ... --sizes 50000,100000,1000000 --kinds flat,ivf --ivf-factor 1
+# (256-d, batches of 64 queries as the daemon searches, 2 cores; figures in docs/scaling.md):
+# exact search costs ~25 ns per stored vector per query, so below EXACT_MAX_ROWS it stays
+# under ~0.5 ms a query (a tenth of embedding one window on a CPU core); above, IVF-Flat keeps
+# recall@1 = 1.0 on the real AN4 queries at 100 k and 1 M, builds 10-16x faster than HNSW (1 M:
+# 171 s vs 2697 s) and searches 3-5x faster.  A replica rebuilds its index on every reload, so
+# the lists are ~sqrt(n), not 4 sqrt(n): 12x cheaper to train at 1 M (14 s vs 171 s, the
+# training dominates a reload) for the same recall and about the same speed-up over exact search.
+EXACT_MAX_ROWS = 20_000
+IVF_NPROBE = 16  # lists searched per query
+IVF_MAX_LISTS = 4096
+IVF_TRAIN_PER_LIST = 64  # k-means training points per list (sampled, at most all rows)
+
+
+def ivf_lists(n: int) -> int:
+    """IVF lists for n rows: about sqrt(n), with at least 39 training points each (FAISS's minimum)."""
+    return int(max(16, min(IVF_MAX_LISTS, round(np.sqrt(n)), n // 39)))
+
+
+def ip_index(vectors: np.ndarray, dim: int) -> faiss.Index:
+    """An inner-product index over ``vectors``: exact up to EXACT_MAX_ROWS rows, IVF-Flat above."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    if n <= EXACT_MAX_ROWS:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = ivf_lists(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        train = vectors
+        if n > IVF_TRAIN_PER_LIST * nlist:
+            train = vectors[np.random.default_rng(0).choice(n, IVF_TRAIN_PER_LIST * nlist, replace=False)]
+        index.train(train)
+        index.nprobe = min(nlist, IVF_NPROBE)
+    if n:
+        index.add(vectors)
+    return index
+
+
+def _vectors_of(index: faiss.Index) -> np.ndarray:
+    """The stored vectors back (IVF lists need a direct map for that)."""
+    if not index.ntotal:
+        return np.zeros((0, index.d), np.float32)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.make_direct_map()
+    return index.reconstruct_n(0, index.ntotal)
+
+
 class SpeakerIndex:
     """Centroid and sample indexes of one store revision."""
 
     def __init__(self, speaker_names: list[str], centroids: np.ndarray, sample_ids: np.ndarray,
                  sample_speaker: np.ndarray, sample_kind: np.ndarray, sample_vectors: np.ndarray,
                  store_id: str, revision: int, embedder: dict | None, use_gpu: bool | None = None,
-                 band_centroids: dict[str, np.ndarray] | None = None):
+                 band_centroids: dict[str, np.ndarray] | None = None,
+                 prebuilt: tuple[faiss.Index, faiss.Index] | None = None):
         self.speaker_names = list(speaker_names)
         self.sample_ids = sample_ids.astype(np.int64)
         self.sample_speaker = sample_speaker.astype(np.int32)
@@ -87,13 +138,14 @@ class SpeakerIndex:
         self.store_id = store_id
         self.revision = revision
         self.embedder = embedder
-        self.dim = int(centroids.shape[1]) if centroids.size else int(sample_vectors.shape[1] if sample_vectors.size else 0)
-        self._centroids_cpu = faiss.IndexFlatIP(max(self.dim, 1))
-        self._samples_cpu = faiss.IndexFlatIP(max(self.dim, 1))
-        if len(centroids):
-            self._centroids_cpu.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        if len(sample_vectors):
-            self._samples_cpu.add(np.ascontiguousarray(sample_vectors, dtype=np.float32))
+        n_samples = prebuilt[1].ntotal if prebuilt is not None else len(sample_vectors)
+        self.dim = (int(centroids.shape[1]) if centroids.size else
+                    int(prebuilt[1].d if prebuilt is not None else sample_vectors.shape[1]) if n_samples else 0)
+        if prebuilt is not None:  # loaded from a file: already built
+            self._centroids_cpu, self._samples_cpu = prebuilt
+        else:
+            self._centroids_cpu = ip_index(centroids, max(self.dim, 1))
+            self._samples_cpu = ip_index(sample_vectors, max(self.dim, 1))
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         # band -> [n_speakers, d] models of that band (rows of speakers without views: wide)
         self.band_centroids = {WIDE: self.centroids}
@@ -111,9 +163,14 @@ class SpeakerIndex:
             self._samples = faiss.index_cpu_to_gpu(res, 0, self._samples_cpu)
             self.on_gpu = True
 
+    @property
+    def kinds(self) -> dict[str, str]:
+        """The FAISS index type of the speaker and sample indexes (chosen by size)."""
+        return {"speakers": type(self._centroids_cpu).__name__, "samples": type(self._samples_cpu).__name__}
+
     # -- construction --------------------------------------------------------------
     @classmethod
-    def build(cls, store: SpeakerStore, use_gpu: bool | None = None) -> "SpeakerIndex":
+    def build(cls, store: Store, use_gpu: bool | None = None) -> "SpeakerIndex":
         table = store.embeddings()
         names = sorted({s for s, k in zip(table.speakers, table.kinds) if k == "genuine"})
         genuine_names = set(names)
@@ -154,7 +211,7 @@ class SpeakerIndex:
     def n_samples(self) -> int:
         return self._samples_cpu.ntotal
 
-    def is_current(self, store: SpeakerStore) -> bool:
+    def is_current(self, store: Store) -> bool:
         return self.store_id == store.store_id and self.revision == store.revision
 
     # -- persistence -----------------------------------------------------------------
@@ -193,15 +250,22 @@ class SpeakerIndex:
                 bands = {k[len("band_"):]: z[k] for k in z.files if k.startswith("band_")}
         except Exception as e:  # noqa: BLE001 — any damage (EOFError, BadZipFile, ...) means "rebuild"
             raise StoreError(f"cannot read index {path}: {e}") from None
-        centroids = cent.reconstruct_n(0, cent.ntotal) if cent.ntotal else np.zeros((0, cent.d), np.float32)
-        vectors = samp.reconstruct_n(0, samp.ntotal) if samp.ntotal else np.zeros((0, samp.d), np.float32)
-        return cls(meta["speakers"], centroids, ids, spk, kind, vectors, meta["store_id"], meta["revision"],
-                   meta["embedder"], use_gpu=use_gpu, band_centroids=bands)
+        return cls(meta["speakers"], _vectors_of(cent), ids, spk, kind, np.zeros((0, samp.d), np.float32),
+                   meta["store_id"], meta["revision"], meta["embedder"], use_gpu=use_gpu, band_centroids=bands,
+                   prebuilt=(cent, samp))
+
+    def save_beside(self, store: Store) -> None:
+        """Save as the store's index file, when the store has one (a PostgreSQL store has none)."""
+        if store.index_path is not None:
+            self.save(store.index_path)
 
     @classmethod
-    def for_store(cls, store: SpeakerStore, use_gpu: bool | None = None, save: bool = True) -> "SpeakerIndex":
-        """The store's index, loaded from beside it, or rebuilt (and saved) when missing or stale."""
-        path = index_path_for(store.path)
+    def for_store(cls, store: Store, use_gpu: bool | None = None, save: bool = True) -> "SpeakerIndex":
+        """The store's index, loaded from beside it, or rebuilt (and saved) when missing or stale;
+        built in memory for a store without an index file (PostgreSQL)."""
+        path = store.index_path
+        if path is None:
+            return cls.build(store, use_gpu=use_gpu)
         if path.exists():
             try:
                 idx = cls.load(path, use_gpu=use_gpu)

@@ -11,8 +11,10 @@ STORE_ENV = "VOXGUARD_STORE"
 
 
 def default_store_path() -> Path:
-    """``$VOXGUARD_STORE`` or ``voxguard.db`` in the user's data directory."""
-    env = os.environ.get(STORE_ENV)
-    if env:
-        return Path(env).expanduser()
+    """``voxguard.db`` in the user's data directory (used when ``$VOXGUARD_STORE`` is unset)."""
     return Path(platformdirs.user_data_dir("voxguard", appauthor=False)) / "voxguard.db"
+
+
+def default_store() -> str | Path:
+    """``$VOXGUARD_STORE`` (a path or a ``postgresql://`` URL) or :func:`default_store_path`."""
+    return os.environ.get(STORE_ENV) or default_store_path()

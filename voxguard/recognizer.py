@@ -61,7 +61,7 @@ class Recognizer:
             store.check_embedder(embedder.identity)
             index = SpeakerIndex.for_store(store, use_gpu=False)
             if need_speakers and index.n_speakers == 0:
-                raise StoreError(f"{store.path} has no enrolled speakers")
+                raise StoreError(f"{store.location} has no enrolled speakers")
         elif need_speakers:
             raise StoreError("the store has no enrolled speakers (enroll speakers first)")
         return cls(embedder, index, load_calibration(store if index is not None else None, embedder.identity))

@@ -1,21 +1,29 @@
-"""The speaker store: one SQLite file holding speakers, their genuine samples and known
-clones, each with its embedding, source, content hash, duration and (FLAC) audio.
+"""The speaker store: speakers, their genuine samples and known clones, each with its
+embedding, source, content hash, duration and (FLAC) audio, the per-band window embeddings
+of every sample, the embedder's identity, calibrations and a revision counter.
 
-Every write is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) in WAL mode, so a
-crash or ``SIGKILL`` mid-import leaves the store as it was before the interrupted
-transaction, and concurrent readers see either the old or the new state.  A
-``revision`` counter is bumped by every write so derived files (the FAISS index,
-calibrations) can tell when they are stale.
+Two engines behind one interface (:class:`Store`): an SQLite file (:class:`SpeakerStore`,
+the embedded default) and a PostgreSQL database (:class:`voxguard.store_pg.PostgresStore`,
+shared by many daemon replicas).  :func:`open_store` picks one from a path or a
+``postgresql://`` URL; any other URL scheme is refused.
+
+Every write is one transaction (SQLite: ``BEGIN IMMEDIATE`` in WAL mode; PostgreSQL: one
+transaction under an advisory lock), so a crash or ``SIGKILL`` mid-import leaves the store
+as it was before the interrupted transaction, and concurrent readers see either the old or
+the new state.  A ``revision`` counter is bumped by every write that changed something, so
+derived state (the FAISS index, a daemon's loaded snapshot) can tell when it is stale.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import time
 import uuid
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -25,11 +33,13 @@ import soundfile as sf
 
 from . import SAMPLE_RATE
 from .embedders.base import EmbedderIdentity
-from .errors import EmbedderMismatch, StoreError, UnknownSpeaker
+from .errors import EmbedderMismatch, StoreError, StoreMissing, UnknownSpeaker
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = ("1", "2")  # version 1 lacks sample_views; it is migrated on the first write open
 KINDS = ("genuine", "clone")
+INDEX_SUFFIX = ".faiss"  # the index file of a file store: <store>.faiss beside it
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -146,101 +156,76 @@ def decode_audio(blob: bytes) -> np.ndarray:
     return data
 
 
-class SpeakerStore:
-    """A voxguard store in one SQLite file.  Use as a context manager."""
+class Store(ABC):
+    """The store interface and everything both engines share.
 
-    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False):
-        self.path = Path(path).expanduser()
-        if not self.path.exists():
-            if not create or readonly:
-                raise StoreError(f"no store at {self.path} (enroll speakers first, or pass --store)")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif self.path.is_dir():
-            raise StoreError(f"{self.path} is a directory, not a voxguard store")
-        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-        try:
-            self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open store {self.path}: {e}") from None
-        try:
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.DatabaseError as e:
-            self._db.close()
-            raise StoreError(f"{self.path} is not a voxguard store: not an SQLite database ({e})") from None
-        try:
-            self._check_or_init(readonly)
-        except BaseException:
-            self._db.close()
-            raise
+    Subclasses (:class:`SpeakerStore` for SQLite, :class:`voxguard.store_pg.PostgresStore`)
+    supply the connection, :meth:`transaction` (one atomic write that bumps the revision when
+    it changed anything), :meth:`wait_for_change` and the few statements whose dialects differ.
+    SQL here is written with ``?`` placeholders and the subset both engines speak
+    (``ON CONFLICT``, ``RETURNING``).  Use a store as a context manager.
+    """
 
-    # -- lifecycle -----------------------------------------------------------------
-    def _check_or_init(self, readonly: bool) -> None:
-        """Refuse foreign databases before writing anything (even the journal mode)."""
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" not in tables and tables:
-            raise StoreError(f"{self.path} is an SQLite database but not a voxguard store "
-                             f"(it has tables {', '.join(sorted(tables))})")
-        if "meta" not in tables and readonly:
-            raise StoreError(f"{self.path} is an empty database, not a voxguard store")
-        if "meta" in tables:
-            version = self._meta("schema_version")
-            if version not in READABLE_SCHEMAS:
-                raise StoreError(f"{self.path} has store schema version {version}; "
-                                 f"this voxguard reads versions {', '.join(READABLE_SCHEMAS)}")
-        self._has_views = "sample_views" in tables
-        if not readonly:
-            self._db.execute("PRAGMA journal_mode = WAL").fetchone()
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            if "meta" in tables and self._meta("schema_version") != str(SCHEMA_VERSION):
-                with self.transaction():  # version 1 -> 2: the sample_views table
-                    for stmt in _SCHEMA.strip().split(";"):
-                        if stmt.strip():
-                            self._db.execute(stmt)
-                    self._set_meta("schema_version", str(SCHEMA_VERSION))
-                self._has_views = True
-        if "meta" not in tables:
-            with self.transaction():
-                for stmt in _SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
-                self._set_meta("schema_version", str(SCHEMA_VERSION))
-                self._set_meta("store_id", uuid.uuid4().hex)
-                self._set_meta("revision", "0")
-            self._has_views = True
+    location: str  # what messages call the store: a file path, or a URL without its password
+    index_path: Path | None  # where the FAISS index file lives beside the store; None: memory only
+    _has_views: bool = True
 
-    def close(self) -> None:
-        self._db.close()
+    # -- what each engine provides ---------------------------------------------------------
+    @abstractmethod
+    def _execute(self, sql: str, args: tuple | list = ()):
+        """Run one statement, return a cursor (``fetchone``/``fetchall``/``rowcount``)."""
 
-    def __enter__(self) -> "SpeakerStore":
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager:
+        """One atomic write; bumps the store revision when it changed anything."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def consistent_read(self) -> AbstractContextManager:
+        """Reads inside see one committed state of the store (what a daemon's snapshot is
+        built from: its embeddings, calibration and revision must belong together)."""
+
+    @abstractmethod
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until the store may have changed (a notification, or ``timeout`` s passed).
+        Callers then read :attr:`revision`; this never raises on a timeout."""
+
+    @abstractmethod
+    def _size_bytes(self) -> int: ...
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write; bumps the store revision when it changed anything."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            changes = self._db.total_changes
-            yield self._db
-            if self._db.total_changes != changes and self._meta("revision") is not None:
-                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+    def _create_schema(self) -> None:
+        """Inside a transaction: the tables and the meta rows of a new store."""
+        for stmt in self._schema_statements():
+            self._execute(stmt)
+        self._set_meta("schema_version", str(SCHEMA_VERSION))
+        self._set_meta("store_id", uuid.uuid4().hex)
+        self._set_meta("revision", "0")
+
+    def _schema_statements(self) -> list[str]:
+        return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+
+    def _check_version(self) -> None:
+        version = self._meta("schema_version")
+        if version not in READABLE_SCHEMAS:
+            raise StoreError(f"{self.location} has store schema version {version}; "
+                             f"this voxguard reads versions {', '.join(READABLE_SCHEMAS)}")
 
     # -- meta ------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def _set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
-                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+        self._execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     @property
     def store_id(self) -> str:
@@ -249,6 +234,11 @@ class SpeakerStore:
     @property
     def revision(self) -> int:
         return int(self._meta("revision"))
+
+    def state(self) -> tuple[str, int]:
+        """(store id, revision) in one read: what a follower compares with its index."""
+        rows = dict(self._execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'revision')").fetchall())
+        return rows["store_id"], int(rows["revision"])
 
     @property
     def embedder(self) -> EmbedderIdentity | None:
@@ -260,28 +250,28 @@ class SpeakerStore:
         bound = self.embedder
         if bound is not None and bound != identity:
             raise EmbedderMismatch(
-                f"{self.path} holds embeddings from {bound}, not {identity}; embeddings from "
+                f"{self.location} holds embeddings from {bound}, not {identity}; embeddings from "
                 f"different models cannot be compared. Use --embedder {bound.name} "
                 f"(with the same model), or another --store.")
 
     # -- speakers --------------------------------------------------------------------
     def _speaker_id(self, name: str) -> int | None:
-        row = self._db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+        row = self._execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def has_speaker(self, name: str) -> bool:
         return self._speaker_id(name) is not None
 
     def speakers(self) -> list[SpeakerSummary]:
-        rows = self._db.execute("""
+        rows = self._execute("""
             SELECT sp.name,
-                   COALESCE(SUM(sa.kind = 'genuine'), 0),
-                   COALESCE(SUM(sa.kind = 'clone'), 0),
+                   COALESCE(SUM(CASE WHEN sa.kind = 'genuine' THEN 1 ELSE 0 END), 0),
+                   COALESCE(SUM(CASE WHEN sa.kind = 'clone' THEN 1 ELSE 0 END), 0),
                    COALESCE(SUM(sa.duration), 0.0),
                    sp.created_at
             FROM speakers sp LEFT JOIN samples sa ON sa.speaker_id = sp.id
             GROUP BY sp.id ORDER BY sp.name""").fetchall()
-        return [SpeakerSummary(*r) for r in rows]
+        return [SpeakerSummary(r[0], int(r[1]), int(r[2]), float(r[3]), r[4]) for r in rows]
 
     def speaker(self, name: str) -> SpeakerSummary:
         for s in self.speakers():
@@ -301,11 +291,11 @@ class SpeakerStore:
         if kind is not None:
             sql += " AND sa.kind = ?"
             args.append(kind)
-        rows = self._db.execute(sql + " ORDER BY sp.name, sa.id", args).fetchall()
+        rows = self._execute(sql + " ORDER BY sp.name, sa.id", args).fetchall()
         return [SampleInfo(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7]) for r in rows]
 
     def known_hashes(self, speaker: str, kind: str) -> set[str]:
-        rows = self._db.execute(
+        rows = self._execute(
             "SELECT sa.sha256 FROM samples sa JOIN speakers sp ON sp.id = sa.speaker_id "
             "WHERE sp.name = ? AND sa.kind = ?", (speaker, kind)).fetchall()
         return {r[0] for r in rows}
@@ -329,36 +319,40 @@ class SpeakerStore:
                 _check_windows(w, identity.dim, f"{band} windows of {s.source_path}")
         now = time.time()
         added = 0
-        with self.transaction() as db:
+        with self.transaction():
             if self.embedder is None:
                 self._set_meta("embedder", json.dumps(identity.as_dict()))
+            else:  # re-checked under the write lock: another writer may have bound the store meanwhile
+                self.check_embedder(identity)
             sid = self._speaker_id(speaker)
             if sid is None:
-                sid = db.execute("INSERT INTO speakers (name, created_at) VALUES (?, ?)", (speaker, now)).lastrowid
+                sid = self._execute("INSERT INTO speakers (name, created_at) VALUES (?, ?) RETURNING id",
+                                    (speaker, now)).fetchall()[0][0]
             for s in samples:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO samples (speaker_id, kind, source_path, sha256, duration, provenance, "
-                    "embedding, audio, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row = self._execute(
+                    "INSERT INTO samples (speaker_id, kind, source_path, sha256, duration, provenance, "
+                    "embedding, audio, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (speaker_id, kind, sha256) DO NOTHING RETURNING id",
                     (sid, kind, s.source_path, s.sha256, float(s.duration), json.dumps(s.provenance),
                      np.asarray(s.embedding, dtype="<f4").tobytes(),
-                     encode_audio(s.audio) if s.audio is not None else None, now))
-                added += cur.rowcount
-                if cur.rowcount:
+                     encode_audio(s.audio) if s.audio is not None else None, now)).fetchall()
+                if row:
+                    added += 1
                     for band, w in s.views.items():
-                        db.execute("INSERT INTO sample_views (sample_id, band, windows) VALUES (?, ?, ?)",
-                                   (cur.lastrowid, band, _windows_blob(w)))
+                        self._execute("INSERT INTO sample_views (sample_id, band, windows) VALUES (?, ?, ?)",
+                                      (row[0][0], band, _windows_blob(w)))
         return added
 
     def remove_speaker(self, name: str) -> int:
         """Delete a speaker and all its samples; returns the number of samples removed."""
-        with self.transaction() as db:
+        with self.transaction():
             sid = self._speaker_id(name)
             if sid is None:
                 raise UnknownSpeaker(name)
-            n = db.execute("SELECT count(*) FROM samples WHERE speaker_id = ?", (sid,)).fetchone()[0]
-            db.execute("DELETE FROM samples WHERE speaker_id = ?", (sid,))
-            db.execute("DELETE FROM speakers WHERE id = ?", (sid,))
-        return n
+            n = self._execute("SELECT count(*) FROM samples WHERE speaker_id = ?", (sid,)).fetchone()[0]
+            self._execute("DELETE FROM samples WHERE speaker_id = ?", (sid,))
+            self._execute("DELETE FROM speakers WHERE id = ?", (sid,))
+        return int(n)
 
     # -- bulk reads ----------------------------------------------------------------
     def embeddings(self, kind: str | None = None) -> EmbeddingTable:
@@ -368,7 +362,7 @@ class SpeakerStore:
         if kind:
             sql += " WHERE sa.kind = ?"
             args = (kind,)
-        rows = self._db.execute(sql + " ORDER BY sa.id", args).fetchall()
+        rows = self._execute(sql + " ORDER BY sa.id", args).fetchall()
         ident = self.embedder
         dim = ident.dim if ident else 0
         vecs = np.zeros((len(rows), dim), dtype=np.float32)
@@ -387,7 +381,7 @@ class SpeakerStore:
         if kind:
             sql += " AND sa.kind = ?"
             args = (band, kind)
-        rows = self._db.execute(sql + " ORDER BY sa.id", args).fetchall()
+        rows = self._execute(sql + " ORDER BY sa.id", args).fetchall()
         dim = self.embedder.dim if self.embedder else 0
         return ViewTable(band, np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows],
                          [r[2] for r in rows], [np.frombuffer(r[3], dtype="<f4").reshape(-1, dim) for r in rows])
@@ -395,10 +389,10 @@ class SpeakerStore:
     def samples_without_view(self, band: str) -> list[int]:
         """Ids of samples that have no window embeddings for ``band`` yet."""
         if not self._has_views:
-            return [r[0] for r in self._db.execute("SELECT id FROM samples ORDER BY id")]
-        return [r[0] for r in self._db.execute(
+            return [r[0] for r in self._execute("SELECT id FROM samples ORDER BY id").fetchall()]
+        return [r[0] for r in self._execute(
             "SELECT id FROM samples WHERE id NOT IN (SELECT sample_id FROM sample_views WHERE band = ?) "
-            "ORDER BY id", (band,))]
+            "ORDER BY id", (band,)).fetchall()]
 
     def add_views(self, band: str, views: dict[int, np.ndarray]) -> int:
         """Store window embeddings of ``band`` for existing samples, in one transaction
@@ -407,37 +401,37 @@ class SpeakerStore:
         for sid, w in views.items():
             _check_windows(w, dim, f"{band} windows of sample {sid}")
         n = 0
-        with self.transaction() as db:
+        with self.transaction():
             for sid, w in views.items():
-                if db.execute("SELECT 1 FROM samples WHERE id = ?", (int(sid),)).fetchone():
-                    db.execute("INSERT OR REPLACE INTO sample_views (sample_id, band, windows) VALUES (?, ?, ?)",
-                               (int(sid), band, _windows_blob(w)))
+                if self._execute("SELECT 1 FROM samples WHERE id = ?", (int(sid),)).fetchone():
+                    self._execute("INSERT INTO sample_views (sample_id, band, windows) VALUES (?, ?, ?) "
+                                  "ON CONFLICT (sample_id, band) DO UPDATE SET windows = excluded.windows",
+                                  (int(sid), band, _windows_blob(w)))
                     n += 1
         return n
 
     def sample_audio(self, sample_id: int) -> np.ndarray | None:
-        row = self._db.execute("SELECT audio FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        row = self._execute("SELECT audio FROM samples WHERE id = ?", (int(sample_id),)).fetchone()
         if row is None:
             raise StoreError(f"no sample with id {sample_id}")
         return decode_audio(row[0]) if row[0] is not None else None
 
     def stats(self) -> dict:
-        db = self._db
-        n_spk = db.execute("SELECT count(*) FROM speakers").fetchone()[0]
-        per_kind = dict(db.execute("SELECT kind, count(*) FROM samples GROUP BY kind").fetchall())
-        dur = dict(db.execute("SELECT kind, COALESCE(SUM(duration), 0) FROM samples GROUP BY kind").fetchall())
+        n_spk = self._execute("SELECT count(*) FROM speakers").fetchone()[0]
+        per_kind = dict(self._execute("SELECT kind, count(*) FROM samples GROUP BY kind").fetchall())
+        dur = dict(self._execute("SELECT kind, COALESCE(SUM(duration), 0) FROM samples GROUP BY kind").fetchall())
         ident = self.embedder
         return {
-            "store": str(self.path),
+            "store": self.location,
             "store_id": self.store_id,
             "revision": self.revision,
             "embedder": ident.as_dict() if ident else None,
-            "speakers": n_spk,
-            "genuine_samples": per_kind.get("genuine", 0),
-            "clone_samples": per_kind.get("clone", 0),
-            "genuine_seconds": round(dur.get("genuine", 0.0), 3),
-            "clone_seconds": round(dur.get("clone", 0.0), 3),
-            "size_bytes": self.path.stat().st_size if self.path.exists() else 0,
+            "speakers": int(n_spk),
+            "genuine_samples": int(per_kind.get("genuine", 0)),
+            "clone_samples": int(per_kind.get("clone", 0)),
+            "genuine_seconds": round(float(dur.get("genuine", 0.0)), 3),
+            "clone_seconds": round(float(dur.get("clone", 0.0)), 3),
+            "size_bytes": self._size_bytes(),
         }
 
     # -- calibrations (written by `voxguard calibrate`) ---------------------------------
@@ -445,20 +439,117 @@ class SpeakerStore:
         ident = self.embedder
         if ident is None:
             raise StoreError("the store is empty: nothing to calibrate")
-        with self.transaction() as db:
-            return db.execute(
-                "INSERT INTO calibrations (created_at, embedder, store_revision, data, blob) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), json.dumps(ident.as_dict()), self.revision, json.dumps(data), blob)).lastrowid
+        with self.transaction():
+            return self._execute(
+                "INSERT INTO calibrations (created_at, embedder, store_revision, data, blob) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (time.time(), json.dumps(ident.as_dict()), self.revision, json.dumps(data), blob)).fetchall()[0][0]
 
     def latest_calibration(self) -> tuple[int, dict, bytes | None] | None:
         """The newest calibration made with this store's embedder, as (id, data, blob)."""
         ident = self.embedder
         if ident is None:
             return None
-        row = self._db.execute(
+        row = self._execute(
             "SELECT id, data, blob FROM calibrations WHERE embedder = ? ORDER BY id DESC LIMIT 1",
             (json.dumps(ident.as_dict()),)).fetchone()
-        return (row[0], json.loads(row[1]), row[2]) if row else None
+        return (row[0], json.loads(row[1]), bytes(row[2]) if row[2] is not None else None) if row else None
+
+
+class SpeakerStore(Store):
+    """A voxguard store in one SQLite file."""
+
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False):
+        self.path = Path(path).expanduser()
+        self.location = str(self.path)
+        self.index_path = Path(str(self.path) + INDEX_SUFFIX)
+        if not self.path.exists():
+            if not create or readonly:
+                raise StoreMissing(f"no store at {self.path} (enroll speakers first, or pass --store)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a voxguard store")
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open store {self.path}: {e}") from None
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a voxguard store: not an SQLite database ({e})") from None
+        try:
+            self._check_or_init(readonly)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _execute(self, sql: str, args: tuple | list = ()):
+        return self._db.execute(sql, args)
+
+    # -- lifecycle -----------------------------------------------------------------
+    def _check_or_init(self, readonly: bool) -> None:
+        """Refuse foreign databases before writing anything (even the journal mode)."""
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables and tables:
+            raise StoreError(f"{self.path} is an SQLite database but not a voxguard store "
+                             f"(it has tables {', '.join(sorted(tables))})")
+        if "meta" not in tables and readonly:
+            raise StoreError(f"{self.path} is an empty database, not a voxguard store")
+        if "meta" in tables:
+            self._check_version()
+        self._has_views = "sample_views" in tables
+        if not readonly:
+            self._db.execute("PRAGMA journal_mode = WAL").fetchone()
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            if "meta" in tables and self._meta("schema_version") != str(SCHEMA_VERSION):
+                with self.transaction():  # version 1 -> 2: the sample_views table
+                    for stmt in self._schema_statements():
+                        self._db.execute(stmt)
+                    self._set_meta("schema_version", str(SCHEMA_VERSION))
+                self._has_views = True
+        if "meta" not in tables:
+            with self.transaction():
+                self._create_schema()
+            self._has_views = True
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "SpeakerStore":
+        return self
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write; bumps the store revision when it changed anything."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            changes = self._db.total_changes
+            yield self._db
+            if self._db.total_changes != changes and self._meta("revision") is not None:
+                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def consistent_read(self) -> Iterator["SpeakerStore"]:
+        self._db.execute("BEGIN")  # deferred: a WAL read transaction sees one snapshot
+        try:
+            yield self
+        finally:
+            self._db.execute("COMMIT")
+
+    def wait_for_change(self, timeout: float) -> None:
+        """SQLite has no notifications: a follower polls (``revision`` is one indexed read)."""
+        time.sleep(timeout)
+
+    def _size_bytes(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
 
 
 def _windows_blob(w: np.ndarray) -> bytes:
@@ -469,3 +560,83 @@ def _check_windows(w: np.ndarray, dim: int, what: str) -> None:
     w = np.asarray(w)
     if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] != dim or not np.isfinite(w).all():
         raise StoreError(f"{what}: not a finite [n, {dim}] array of window embeddings")
+
+
+# -- locations -------------------------------------------------------------------------------
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (in the authority or a ``password=`` parameter)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        m = _URL.match(url)
+        return f"{m.group(0) if m else ''}<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = re.sub(r"(?i)(^|&)(password)=[^&]*", r"\1\2=***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where a store lives: an SQLite file path, or a PostgreSQL URL.  ``str()`` never
+    shows a password."""
+
+    engine: str  # "sqlite" | "postgresql"
+    target: str  # the path, or the full URL (credentials included: never print it)
+
+    def __str__(self) -> str:
+        return self.target if self.engine == "sqlite" else redact_url(self.target)
+
+    @property
+    def path(self) -> Path | None:
+        return Path(self.target) if self.engine == "sqlite" else None
+
+    @property
+    def index_path(self) -> Path | None:
+        """The index file beside a file store; a PostgreSQL store's index lives in memory."""
+        return Path(self.target + INDEX_SUFFIX) if self.engine == "sqlite" else None
+
+    def exists(self) -> bool:
+        """Whether a voxguard store is there (PostgreSQL: connects, so a bad URL raises
+        :class:`StoreError` here)."""
+        if self.engine == "sqlite":
+            return Path(self.target).exists()
+        from .store_pg import postgres_store_exists
+
+        return postgres_store_exists(self.target)
+
+    def open(self, create: bool = True, readonly: bool = False) -> Store:
+        if self.engine == "sqlite":
+            return SpeakerStore(self.target, create=create, readonly=readonly)
+        from .store_pg import PostgresStore
+
+        return PostgresStore(self.target, create=create, readonly=readonly)
+
+
+def parse_store_location(value: str | Path | StoreLocation) -> StoreLocation:
+    """A path means an SQLite file; ``postgresql://`` (or ``postgres://``) a PostgreSQL
+    database; any other ``scheme://`` is refused rather than taken for a file name."""
+    if isinstance(value, StoreLocation):
+        return value
+    if isinstance(value, Path):
+        return StoreLocation("sqlite", str(value.expanduser()))
+    m = _URL.match(value)
+    if m is None:
+        return StoreLocation("sqlite", str(Path(value).expanduser()))
+    if m.group(1).lower() in POSTGRES_SCHEMES:
+        return StoreLocation("postgresql", value)
+    raise StoreError(f"unsupported store URL {redact_url(value)}: a store is an SQLite file (a path) or a "
+                     f"PostgreSQL database (postgresql://USER@HOST[:PORT]/DBNAME)")
+
+
+def open_store(location: str | Path | StoreLocation, create: bool = True, readonly: bool = False) -> Store:
+    """Open the store at a path or URL (see :func:`parse_store_location`)."""
+    return parse_store_location(location).open(create=create, readonly=readonly)
