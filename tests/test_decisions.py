@@ -184,7 +184,7 @@ def test_uncalibrated_store_uses_the_shipped_default_with_a_notice(tmp_path, an4
     err = r.stderr.decode()
     assert "at least 2 speakers" in err and "default:resemblyzer" in err
     r = run_cli("identify", str(an4_speakers[enrolled[0]][1]), store=store)
-    assert r.returncode == 0 and b"never calibrated" in r.stderr and b"default:resemblyzer:utterance/wide" in r.stdout
+    assert r.returncode == 0 and b"never calibrated" in r.stderr and b"default:resemblyzer:utterance" in r.stdout
     with SpeakerStore(store, readonly=True) as s:
         assert s.latest_calibration() is None
 
