@@ -10,7 +10,8 @@ each band) gets its own :class:`TrialCalibration`:
   prior-weighted logistic regression (effective prior 0.5) on cross-fitted, speaker-
   disjoint trials — the standard calibration of speaker-recognition evaluations;
 * ``accept_llr`` — the operating point: the lowest LLR whose false-accept rate on those
-  trials is at most the target (default 1 %), with the FAR/FRR measured there;
+  trials is at most the target (default 1 %), and never below 0 (evidence for "different
+  speakers" never accepts), with the FAR/FRR measured there;
 * the upper tail of the non-target LLRs, so that **open-set identification** can ask
   "does the best of N enrolled speakers pass by chance?": with per-trial false-accept
   rate ``q``, the chance that any of N non-target trials passes is ``1 - (1 - q)**N``;
@@ -37,7 +38,6 @@ TRIAL_DESCRIPTIONS = {
     "utterance": "a whole recording against a speaker model — identify, check",
     "pair": "one recording against another — verify A B",
 }
-LLR_CLIP = 30.0  # |LLR| beyond this is reported as this (scores far outside the calibration data)
 
 
 def _log1pexp(x: np.ndarray) -> np.ndarray:
@@ -78,14 +78,15 @@ def min_cllr(target_scores: np.ndarray, nontarget_scores: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class LinearLLR:
-    """``llr = a * score + b`` (natural log), clipped to ±:data:`LLR_CLIP`."""
+    """``llr = a * score + b`` (natural log).  Never clipped: a decision compares it with a
+    threshold of the same map, and a clipped value could meet a clipped threshold."""
 
     a: float
     b: float
 
     def __call__(self, scores):
         s = np.asarray(scores, dtype=np.float64)
-        out = np.clip(self.a * s + self.b, -LLR_CLIP, LLR_CLIP)
+        out = self.a * s + self.b
         return float(out) if out.ndim == 0 else out
 
     def score_at(self, llr: float) -> float:
@@ -256,7 +257,10 @@ def calibrate_trials(trial: str, band: str, target_scores: np.ndarray, nontarget
     n = np.asarray(nontarget_scores, dtype=np.float64)
     lin = fit_linear_llr(t, n)
     lt, ln = lin(t), lin(n)
-    accept = _far_threshold(ln, far_target)
+    # never accept on evidence that favours "different speakers" (LLR < 0): when targets and
+    # non-targets separate completely (long sessions of clean speech), the target-FAR point
+    # alone would sit just above the non-target bulk, far from every target
+    accept = max(_far_threshold(ln, far_target), 0.0)
     far, frr = _rates_at(lt, ln, accept)
     # the upper tail of non-target LLRs, log-spaced rates down to ~10 exceedances
     srt = np.sort(ln)[::-1]
