@@ -5,7 +5,8 @@ the real daemon over real WebSockets, next to what ``voxguard calibrate`` stated
 
 1. A store of the AN4 training speakers (all but 20, chosen with ``--seed``) is calibrated
    with ``--backend`` — the calibration never sees the 20 held-out speakers.
-2. 10 of the held-out speakers are then enrolled with 5 utterances each.
+2. 10 of the held-out speakers are then enrolled with 5 of their utterances each (drawn at
+   random with ``--seed``, as the calibration draws its 5-utterance models).
 3. Every held-out speaker streams its other utterances (up to ``--seconds`` of audio) once
    per claim: claiming itself when enrolled (genuine) and claiming each enrolled held-out
    speaker but itself (impostor), ``--concurrent`` streams at a time at ``--speed`` x real
@@ -56,17 +57,24 @@ def build(work: Path, seed: int, backend: str) -> tuple[Path, list[str], list[st
         result = calibrate(store, CalibrationConfig(backend=backend))
         save_calibration(store, result)
         for s in enrolled:
-            enr.enroll(s, sorted((AN4 / s).glob("*.wav"))[:5])
+            enr.enroll(s, enrollment_files(s, seed))
         enr.refresh_index()
     print(f"store of {len(names) - 20} training + 10 held-out speakers, calibrated with {backend}, "
           f"in {time.perf_counter() - t0:.0f} s", flush=True)
     return path, held, enrolled, result.data["decisions"]
 
 
-def audio_of(speaker: str, enrolled: bool, seconds: float) -> bytes:
+def enrollment_files(speaker: str, seed: int) -> list[Path]:
+    files = sorted((AN4 / speaker).glob("*.wav"))
+    pick = np.random.default_rng([seed, len(files)]).permutation(len(files))[:5]
+    return [files[i] for i in sorted(pick)]
+
+
+def audio_of(speaker: str, enrolled: bool, seconds: float, seed: int) -> bytes:
     from voxguard.audio import float_to_pcm16, load_audio
 
-    files = sorted((AN4 / speaker).glob("*.wav"))[5 if enrolled else 0:]
+    taken = set(enrollment_files(speaker, seed)) if enrolled else set()
+    files = [f for f in sorted((AN4 / speaker).glob("*.wav")) if f not in taken]
     out, total = [], 0.0
     for f in files:
         a = load_audio(f).samples
@@ -125,7 +133,7 @@ def main() -> int:
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     store, held, enrolled, decisions = build(a.work, a.seed, a.backend)
-    pcm = {s: audio_of(s, s in enrolled, a.seconds) for s in held}
+    pcm = {s: audio_of(s, s in enrolled, a.seconds, a.seed) for s in held}
     jobs = [(s, c, pcm[s], s == c) for s in held for c in enrolled]
     proc, port = start_daemon(store, "cpu", a.work / "daemon-decisions.log", ["--max-streams", str(a.concurrent + 4)])
     try:
