@@ -402,7 +402,7 @@ def test_a_monitor_that_never_reads_never_slows_a_stream(store, an4_speakers):
             async with connect(f"ws://127.0.0.1:{spare.port}/v1/stream?token={TOKEN}") as ws:
                 await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le",
                                           "channels": 1, "stream_id": "busy", "claimed_speaker": names[1],
-                                          "options": {"hop": 0.25, "top_k": 20}}))
+                                          "options": {"hop": 0.1, "top_k": 20}}))
                 reader = asyncio.create_task(collect(ws))
                 t0 = time.monotonic()
                 step = 3200  # 0.1 s
@@ -421,7 +421,7 @@ def test_a_monitor_that_never_reads_never_slows_a_stream(store, an4_speakers):
         audio_s = len(pcm) / 32000
         assert close == 1000 and events[-1]["type"] == "summary"
         windows = events[-1]["windows"]
-        assert windows["dropped"] == 0 and windows["scored"] == windows["emitted"] >= 25
+        assert windows["dropped"] == 0 and windows["scored"] == windows["emitted"] >= 50
         assert took < audio_s + 30.0  # the stalled monitor never blocked it (a blocked stream never ends)
         # its 10-event queue overflowed and dropped its oldest events (a monitor that stays stalled
         # for --write-timeout is then cut off, as /v1/stream clients are: see test_server.py)
