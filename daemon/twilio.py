@@ -30,7 +30,7 @@ import base64
 import binascii
 import json
 
-from voxguard.protocol import ProtocolError, Start, parse_client_text
+from voxguard.protocol import ProtocolError, Start, json_object, parse_client_text
 
 from .call import CallSession
 from .session import Output
@@ -73,12 +73,7 @@ class TwilioAdapter:
         raise ProtocolError("invalid_message", "Twilio Media Streams sends JSON text messages, not binary ones")
 
     def receive_text(self, text: str, now: float = 0.0) -> Output:
-        try:
-            d = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ProtocolError("invalid_json", f"Twilio message is not JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ProtocolError("invalid_json", "a Twilio message must be a JSON object")
+        d = json_object(text, "Twilio message")
         event = d.get("event")
         if event not in EVENTS:
             raise ProtocolError("unknown_type", f"unknown Twilio event {event!r}; expected one of: "

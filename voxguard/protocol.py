@@ -279,14 +279,20 @@ def _parse_claims(raw: Any, channels: int) -> dict[int, str]:
     return claims
 
 
-def parse_client_text(text: str) -> ClientMessage:
-    """Parse one client text message; raises :class:`ProtocolError`."""
+def json_object(text: str, what: str = "text message") -> dict:
+    """``text`` parsed as a JSON object; raises ``invalid_json`` naming ``what`` otherwise."""
     try:
         d = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
-        raise ProtocolError("invalid_json", f"text message is not JSON: {e}") from None
+        raise ProtocolError("invalid_json", f"{what} is not JSON: {e}") from None
     if not isinstance(d, dict):
-        raise ProtocolError("invalid_json", "a text message must be a JSON object")
+        raise ProtocolError("invalid_json", f"a {what} must be a JSON object")
+    return d
+
+
+def parse_client_text(text: str) -> ClientMessage:
+    """Parse one client text message; raises :class:`ProtocolError`."""
+    d = json_object(text)
     kind = d.get("type")
     if kind == "start":
         return _parse_start(d)
@@ -370,12 +376,7 @@ def parse_monitor_query(query: dict[str, list[str]]) -> MonitorFilter:
 
 def parse_subscribe(text: str) -> MonitorFilter:
     """A monitor's ``subscribe`` message (replaces its filter); raises :class:`ProtocolError`."""
-    try:
-        d = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ProtocolError("invalid_json", f"text message is not JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise ProtocolError("invalid_json", "a text message must be a JSON object")
+    d = json_object(text)
     if d.get("type") not in MONITOR_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {d.get('type')!r}; a monitor sends only "
                                             f"'subscribe'")
