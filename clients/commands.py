@@ -9,7 +9,8 @@ DEFAULT_URL = "ws://127.0.0.1:8765/v1/stream"
 DEFAULT_MONITOR_URL = "ws://127.0.0.1:8765/v1/monitor"
 EXIT_CODES = ("Exit status: 0 clean end (and, with --claim, the claim accepted), 1 claim rejected, 2 bad usage "
               "or input, 3 claim undecided, 4 server error event, 5 cannot connect, 6 token refused, "
-              "7 connection lost or stream closed by the server")
+              "7 connection lost or stream closed by the server, 9 the server dropped windows it could not keep "
+              "up with (real time; --no-pace streams losslessly)")
 
 
 def add_connection_arguments(p) -> None:

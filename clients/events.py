@@ -130,6 +130,11 @@ class Summary(Event):
         return self.raw.get("channels") or []
 
     @property
+    def dropped_windows(self) -> int:
+        """Windows the server dropped because it could not keep up (real-time streams)."""
+        return int((self.windows or {}).get("dropped") or 0)
+
+    @property
     def verdict(self) -> str | None:
         """The claimed speaker's final decision (None when no speaker was claimed); for
         separate channels, reject if any claim was rejected, accept if all were accepted."""

@@ -13,6 +13,8 @@ Exit codes (also for ``voxguard mic``):
 6  the server refused the token (HTTP 401/403)
 7  the connection dropped or the server closed/shut down the stream before it ended
 8  no usable audio input device (``voxguard mic``)
+9  the stream ended cleanly but the server dropped windows it could not keep up with (real-time
+   streams only: the decisions miss that audio; ``--no-pace`` streams a file losslessly)
 130 interrupted (``voxguard stream``: Ctrl-C stops the stream, prints the summary, exits 130)
 == ==========================================================================================
 """
@@ -36,7 +38,7 @@ from .events import Event, Reconnected, Summary
 from .sources import AudioSource, PcmSource, file_source
 from .view import LiveView
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNDECIDED = 0, 1, 2, 3
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNDECIDED, EXIT_DROPPED = 0, 1, 2, 3, 9
 EXIT_INTERRUPTED = 130
 TOKEN_ENV = "VOXGUARD_TOKEN"
 
@@ -46,8 +48,9 @@ class UsageError(VoxguardError):
 
 
 def verdict_exit_code(summary: Summary) -> int:
-    """0 (no claim, or accepted), 1 (rejected) or 3 (undecided)."""
-    return {None: EXIT_OK, "accept": EXIT_OK, "reject": EXIT_REJECTED}.get(summary.verdict, EXIT_UNDECIDED)
+    """1 (rejected), 3 (undecided), else 9 when windows were dropped, else 0."""
+    code = {None: EXIT_OK, "accept": EXIT_OK, "reject": EXIT_REJECTED}.get(summary.verdict, EXIT_UNDECIDED)
+    return EXIT_DROPPED if code == EXIT_OK and summary.dropped_windows else code
 
 
 # -- options -------------------------------------------------------------------------------
@@ -147,6 +150,10 @@ async def run_job(job: StreamJob, *, handle_sigint: bool = True, interrupted_exi
         if handle_sigint:
             loop.remove_signal_handler(signal.SIGINT)
     assert summary is not None
+    if summary.dropped_windows:
+        _print(f"voxguard: warning: the server dropped {summary.dropped_windows} of "
+               f"{summary.windows.get('emitted')} windows it could not keep up with; the decisions miss that "
+               f"audio (stream files with --no-pace to lose nothing)", job.err)
     if stop.is_set() and interrupted_exit is not None:
         return interrupted_exit
     return verdict_exit_code(summary)
@@ -213,7 +220,10 @@ def cmd_stream(ctx) -> int:
     args = ctx.args
     source = source_from_args(args)
     claimed, claims = claims_from_args(args)
-    job = StreamJob(client_from_args(args), source, claimed, options_from_args(args), args.stream_id, ctx.json,
+    options = options_from_args(args)
+    if args.no_pace:
+        options["realtime"] = False  # as fast as the server embeds: it stops reading instead of dropping
+    job = StreamJob(client_from_args(args), source, claimed, options, args.stream_id, ctx.json,
                     "separate" if args.channels == "separate" else "mix", claims)
     code = run(job, interrupted_exit=EXIT_INTERRUPTED)
     dropped = getattr(source, "dropped_bytes", 0)

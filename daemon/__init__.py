@@ -1,3 +1,3 @@
-"""The streaming verification daemon (``voxguard serve``): the sans-I/O
-:class:`~voxguard.daemon.session.Session` engine, the shared
-:class:`~voxguard.daemon.batcher.Batcher`, and the asyncio WebSocket/HTTP server."""
+"""The streaming verification daemon (``voxguard serve``): the sans-I/O engine
+(:class:`~voxguard.daemon.call.CallSession`, one :class:`~voxguard.daemon.session.Session`
+per track), the shared worker (:mod:`~voxguard.daemon.batcher`), and the asyncio WebSocket/HTTP server."""

@@ -1,83 +1,141 @@
-"""One batching embedder shared by every stream.
+"""The shared worker: pure functions that embed and score window requests, and the one
+queue that batches every stream's requests for them.
 
-Streams submit :class:`~voxguard.daemon.session.WindowJob` s from the event loop; a
-dedicated worker thread takes up to ``max_batch`` of them — waiting at most
-``max_wait`` after the oldest one arrived for more to join — embeds them in one
-call (on the embedder's device: CUDA when present), then, for each group of windows
-that share a scoring snapshot and a band, scores them against every enrolled speaker
-in one backend call (window trial type: ranking, LLRs and the claimed speaker's score
-all come from that one score matrix), finds their nearest stored samples in one batched
-FAISS call, assesses clone evidence, and hands the :class:`WindowResult` s to
-``deliver`` (which the server routes back to the event loop).  While a batch runs,
-new windows queue up, so batches grow with the load.
+* :func:`embed` — the model, on a batch of :class:`~voxguard.daemon.session.WindowRequest` s
+  (on the embedder's device: CUDA when present).
+* :func:`score` — for each group of requests that share a scoring snapshot and a band,
+  one backend call against every enrolled speaker (window trial type: ranking, LLRs and
+  the claimed speaker's score all come from that one score matrix) and one batched clone
+  assessment; returns immutable :class:`~voxguard.daemon.session.WindowResult` s.
+
+Neither touches any stream's state: requests and results are immutable, and a stream's
+session (on the event loop) decides what a result means — or ignores it, when the window
+was dropped meanwhile.
+
+:class:`Batcher` runs them on two threads, a pipeline: the *embed* thread takes up to
+``max_batch`` requests from the queue (waiting at most ``max_wait`` after the oldest
+arrived for more to join) and embeds them, while the *score* thread scores the previous
+batch and hands its results to ``deliver`` (which the server routes back to the event
+loop).  While a batch runs, new requests queue up, so batches grow with the load.  The
+queue has one lock; :meth:`Batcher.withdraw` removes requests a stream dropped before the
+model saw them, and ``on_taken`` tells the streams which requests a batch took (those are
+answered for sure, so a stream never drops them: no model time is spent on a window whose
+result would be thrown away).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from typing import Callable, Sequence
 
-from .session import WindowJob, WindowResult
-from .snapshot import ScoringSnapshot
+import numpy as np
+
+from .session import WindowRequest, WindowResult
 
 log = logging.getLogger(__name__)
 
 
+def embed(embedder, requests: Sequence[WindowRequest]) -> np.ndarray:
+    """[n, dim] embeddings of the requests' windows, in one model call."""
+    return embedder.embed([r.samples for r in requests])
+
+
+def score(vectors: np.ndarray, requests: Sequence[WindowRequest]) -> list[WindowResult]:
+    """Score embedded windows against each one's pinned snapshot (grouped: one backend call
+    and one clone assessment per snapshot and band)."""
+    out: list[WindowResult | None] = [None] * len(requests)
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault((id(r.snapshot), r.band), []).append(i)
+    for (_, band), rows in groups.items():
+        snap = requests[rows[0]].snapshot
+        reqs = [requests[i] for i in rows]
+        if snap.scorer is None:
+            for i in rows:
+                out[i] = WindowResult(requests[i].key, requests[i].index, vectors[i])
+            continue
+        q = vectors[rows]
+        scores = snap.scorer.score_all(q, band)
+        found = snap.scorer.search(q, k=max(r.top_k for r in reqs), trial="window", band=band, scores=scores)
+        clones = snap.detector.assess_batch(found, [r.claimed for r in reqs], [r.samples for r in reqs],
+                                            window=True)
+        for n, i in enumerate(rows):
+            r = requests[i]
+            col = None if r.claimed is None else snap.column(r.claimed)
+            out[i] = WindowResult(r.key, r.index, vectors[i], found[n],
+                                  None if col is None else float(scores[n, col]), clones[n])
+    return out
+
+
+def failed(requests: Sequence[WindowRequest], e: BaseException) -> list[WindowResult]:
+    return [WindowResult(r.key, r.index, error=f"{type(e).__name__}: {e}") for r in requests]
+
+
+_DONE = object()
+
+
 class Batcher:
-    def __init__(self, embedder, snapshot: ScoringSnapshot,
-                 deliver: Callable[[list[WindowResult]], None], max_batch: int = 64,
-                 max_wait: float = 0.005, metrics=None):
+    def __init__(self, embedder, deliver: Callable[[list[WindowResult]], None], max_batch: int = 64,
+                 max_wait: float = 0.005, metrics=None,
+                 on_taken: Callable[[list[tuple[int, int]]], None] | None = None):
         self.embedder = embedder
-        self._snapshot = snapshot
         self.deliver = deliver
+        self.on_taken = on_taken  # told (key, index) of every batch the embed thread takes
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.metrics = metrics
-        self._queue: deque[tuple[float, WindowJob]] = deque()
+        self._queue: deque[tuple[float, WindowRequest]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._busy = False
-        self._thread = threading.Thread(target=self._run, name="voxguard-batcher", daemon=True)
+        self._embedded: queue.Queue = queue.Queue(maxsize=1)  # embed thread -> score thread
+        self._threads = [threading.Thread(target=self._embed_loop, name="voxguard-embed", daemon=True),
+                         threading.Thread(target=self._score_loop, name="voxguard-score", daemon=True)]
 
     # -- control (event loop side) -------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Finish what is queued, then end the worker thread."""
+        """Finish what is queued, then end the worker threads."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
 
-    @property
-    def snapshot(self) -> ScoringSnapshot:
-        return self._snapshot
-
-    def swap(self, snapshot: ScoringSnapshot) -> None:
-        """Atomically replace the scoring state; the next batch uses the new one."""
-        self._snapshot = snapshot
-
-    def submit(self, jobs: Sequence[WindowJob]) -> None:
-        if not jobs:
+    def submit(self, requests: Sequence[WindowRequest]) -> None:
+        if not requests:
             return
         now = time.monotonic()
         with self._cond:
-            self._queue.extend((now, j) for j in jobs)
+            self._queue.extend((now, r) for r in requests)
             depth = len(self._queue)
             self._cond.notify()
         if self.metrics:
             self.metrics.queue_depth.set(depth)
 
+    def withdraw(self, windows: Sequence[tuple[int, int]]) -> int:
+        """Remove requests (key, index) still waiting in the queue; returns how many were.
+        (A request the embed thread already took is answered anyway, and ignored by its session.)"""
+        if not windows:
+            return 0
+        gone = set(windows)
+        with self._cond:
+            before = len(self._queue)
+            self._queue = deque(item for item in self._queue if (item[1].key, item[1].index) not in gone)
+            return before - len(self._queue)
+
     @property
     def depth(self) -> int:
         return len(self._queue)
 
-    # -- worker ------------------------------------------------------------------------------
-    def _take(self) -> list[WindowJob] | None:
+    # -- worker threads ----------------------------------------------------------------------
+    def _take(self) -> list[WindowRequest] | None:
         with self._cond:
             while not self._queue:
                 if self._stopping:
@@ -89,62 +147,61 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            batch = []
-            while self._queue and len(batch) < self.max_batch:
-                _, job = self._queue.popleft()
-                if job.cancelled:
-                    continue
-                job.taken = True
-                batch.append(job)
+            n = min(self.max_batch, len(self._queue))
+            batch = [self._queue.popleft()[1] for _ in range(n)]
             depth = len(self._queue)
         if self.metrics:
             self.metrics.queue_depth.set(depth)
         return batch
 
-    def _run(self) -> None:
+    def _embed_loop(self) -> None:
         while True:
             batch = self._take()
             if batch is None:
+                self._embedded.put(_DONE)
                 return
-            if not batch:
-                continue
+            if self.on_taken is not None:
+                self.on_taken([(r.key, r.index) for r in batch])
+            t0 = time.perf_counter()
             try:
-                results = self.process(batch)
+                vecs = embed(self.embedder, batch)
             except Exception as e:  # a broken model must not kill the worker silently
                 log.exception("embedding a batch of %d windows failed", len(batch))
-                results = [WindowResult(job, error=f"{type(e).__name__}: {e}") for job in batch]
+                self._embedded.put((batch, None, e, 0.0))
+                continue
+            self._embedded.put((batch, vecs, None, time.perf_counter() - t0))
+
+    def _score_loop(self) -> None:
+        while True:
+            item = self._embedded.get()
+            if item is _DONE:
+                return
+            batch, vecs, err, embed_s = item
+            if err is None:
+                t0 = time.perf_counter()
+                try:
+                    results = score(vecs, batch)
+                except Exception as e:
+                    log.exception("scoring a batch of %d windows failed", len(batch))
+                    results, err = failed(batch, e), e
+                self._observe(len(batch), embed_s, time.perf_counter() - t0)
+            else:
+                results = failed(batch, err)
             self.deliver(results)
 
-    def process(self, batch: list[WindowJob]) -> list[WindowResult]:
-        """Embed, score and assess one batch (worker thread; also used by the benchmark)."""
+    def _observe(self, n: int, embed_s: float, score_s: float) -> None:
         m = self.metrics
-        t0 = time.perf_counter()
-        vecs = self.embedder.embed([j.samples for j in batch])
-        t1 = time.perf_counter()
-        out: list[WindowResult | None] = [None] * len(batch)
-        groups: dict[tuple[int, str], list[int]] = {}
-        for i, job in enumerate(batch):
-            groups.setdefault((id(job.snapshot), job.band), []).append(i)
-        for (_, band), rows in groups.items():
-            snap = batch[rows[0]].snapshot
-            jobs = [batch[i] for i in rows]
-            if snap.scorer is None:
-                for i in rows:
-                    out[i] = WindowResult(batch[i])
-                continue
-            q = vecs[rows]
-            scores = snap.scorer.score_all(q, band)
-            found = snap.scorer.search(q, k=max(j.top_k for j in jobs), trial="window", band=band, scores=scores)
-            clones = snap.detector.assess_batch(found, [j.claimed for j in jobs], [j.samples for j in jobs],
-                                                window=True)
-            for n, i in enumerate(rows):
-                job = batch[i]
-                col = None if job.claimed is None else snap.column(job.claimed)
-                out[i] = WindowResult(job, found[n], None if col is None else float(scores[n, col]), clones[n])
-        t2 = time.perf_counter()
         if m:
-            m.batch_size.observe(len(batch))
-            m.embedding_seconds.observe(t1 - t0)
-            m.search_seconds.observe(t2 - t1)
-            m.windows_embedded.inc(len(batch))
-        return out
+            m.batch_size.observe(n)
+            m.embedding_seconds.observe(embed_s)
+            m.search_seconds.observe(score_s)
+            m.windows_embedded.inc(n)
+
+    def process(self, requests: Sequence[WindowRequest]) -> list[WindowResult]:
+        """Embed and score one batch on the calling thread (tests, benchmarks)."""
+        t0 = time.perf_counter()
+        vecs = embed(self.embedder, requests)
+        t1 = time.perf_counter()
+        results = score(vecs, requests)
+        self._observe(len(requests), t1 - t0, time.perf_counter() - t1)
+        return results

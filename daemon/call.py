@@ -1,27 +1,36 @@
-"""One call's engine, free of I/O: one :class:`Session` per speaker track.
+"""One call's engine, free of I/O: the protocol shell around one :class:`Session` per
+speaker track.
 
 A ``start`` with ``"channel_mode": "mix"`` (the default) is one track: the channels are
-averaged by the session, exactly as before.  ``"separate"`` makes each channel its own
-track — its own resampler, VAD, windows, identity, verification and clone tracking —
-by giving each channel a mono :class:`Session` of its own, fed that channel's samples
-through the session's ordinary methods (``receive_text`` with a mono ``start``,
-``receive_audio``, ``finish``, ``complete``, ``summary``).  Nothing inside
-:class:`Session` knows about calls.
+averaged.  ``"separate"`` makes each channel its own track — its own resampler, VAD,
+windows, identity, verification and clone tracking — with a :class:`Session` of its own.
 
-The :class:`CallSession` numbers every event of the stream (``seq`` 0, 1, 2, ...),
-tags each event of a separate-channel stream with its ``channel``, merges the
+The :class:`CallSession` is the one place that speaks the protocol: it parses client
+messages, checks and decodes binary frames (frame size, whole sample frames, finite
+``pcm_f32le`` clipped at full scale), numbers every event of the stream (``seq`` 0, 1,
+2, ...), tags each event of a separate-channel stream with its ``channel``, merges the
 channels' ``ready`` events into one, and builds a ``summary`` with one section per
-channel.  The server talks only to it; adapters for other wire formats (Twilio, see
-:mod:`.twilio`) call :meth:`begin` and :meth:`receive_channel_audio` directly.
+channel.  Sessions know nothing about messages or calls.  The server talks only to
+it; adapters for other wire formats (Twilio, see :mod:`.twilio`) call :meth:`begin` and
+:meth:`receive_channel_audio` directly.
+
+The caller passes its clock in (``now``, used only to measure event latency); nothing
+here reads a clock, holds a lock or touches a socket.
 """
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
-from voxguard.protocol import ENCODINGS, ProtocolError, Start, Stop, parse_client_text
+from voxguard.audio import pcm_to_float
+from voxguard.protocol import ProtocolError, Start, Stop, parse_client_text
 
-from .session import EngineInfo, Output, Session, SessionLimits, WindowJob, WindowResult
+from .session import EngineInfo, Output, Session, SessionLimits, WindowResult
+from .snapshot import ScoringSnapshot
+
+SLICE_S = 0.25  # seconds of audio the engine processes between two yields to the event loop
 
 
 class CallSession:
@@ -35,12 +44,16 @@ class CallSession:
         self.stopped = False
         self.sessions: list[Session] = []
         self.channel_names: list[str] | None = None
-        self._channel_of: dict[Session, int] = {}
+        self._by_key: dict[int, tuple[int, Session]] = {}  # session key -> (channel, session)
         self._seq = 0
 
     @property
     def separate(self) -> bool:
         return self.start is not None and self.start.channel_mode == "separate"
+
+    @property
+    def realtime(self) -> bool:
+        return self.start is None or self.start.options.realtime
 
     # -- bookkeeping -------------------------------------------------------------------
     @property
@@ -61,29 +74,31 @@ class CallSession:
     def scored(self) -> int:
         return sum(s.scored for s in self.sessions)
 
-    def pending_jobs(self) -> list[WindowJob]:
-        return [j for s in self.sessions for j in list(s.pending)]
+    @property
+    def backlog(self) -> int:
+        """Windows of this stream the worker has not answered yet."""
+        return sum(s.backlog for s in self.sessions)
 
-    def cancel_all(self) -> None:
-        """Cancel every window still waiting (the stream ends without a summary)."""
-        for s in self.sessions:
-            for job in list(s.pending):
-                job.cancelled = True
-            s.pending.clear()
+    @property
+    def keys(self) -> list[int]:
+        return list(self._by_key)
+
+    def abandon(self) -> list[tuple[int, int]]:
+        """The stream ends without a summary: forget every outstanding window; returns the
+        (key, index) pairs to withdraw from the worker's queue."""
+        return [w for s in self.sessions for w in s.abandon()]
 
     def _tag(self, events: list[dict], session: Session | None) -> list[dict]:
         for ev in events:
             ev["seq"] = self._seq
             self._seq += 1
             if self.separate and session is not None:
-                ev["channel"] = self._channel_of[session]
+                ev["channel"] = self._by_key[session.key][0]
         return events
 
     def _merge(self, out: Output, part: Output, session: Session) -> None:
-        out.events.extend(self._tag(part.events, session))
-        out.jobs.extend(part.jobs)
-        out.dropped += part.dropped
-        out.stop = out.stop or part.stop
+        self._tag(part.events, session)
+        out.extend(part)
 
     def event(self, type_: str, **fields) -> dict:
         ev = {"type": type_, "stream_id": self.stream_id, "seq": self._seq, "time": round(self.time, 4), **fields}
@@ -97,13 +112,11 @@ class CallSession:
     def receive_text(self, text: str, now: float = 0.0) -> Output:
         msg = parse_client_text(text)
         if isinstance(msg, Start):
-            if self.start is not None:
-                raise ProtocolError("already_started", "this stream was already started")
             return self.begin(msg)
         assert isinstance(msg, Stop)
         if self.start is None:
             raise ProtocolError("not_started", "'stop' before 'start'")
-        return self.finish()
+        return self.finish(now)
 
     def begin(self, start: Start, channel_names: list[str] | None = None, extra: dict | None = None) -> Output:
         """Start the stream (a validated ``start``); ``channel_names`` label separate channels
@@ -116,16 +129,14 @@ class CallSession:
         tracks = ([start] if start.channel_mode == "mix" else
                   [Start(start.sample_rate, start.encoding, 1, start.stream_id, start.claimed_speakers.get(c),
                          start.options) for c in range(start.channels)])
-        readies = []
         for c, track in enumerate(tracks):
-            s = Session(self.engine, self.limits)
-            readies.append(s.receive_text(track.to_json()).events[0])
+            s = Session(self.engine, track, self.limits)
             self.sessions.append(s)
-            self._channel_of[s] = c
+            self._by_key[s.key] = (c, s)
         self.start = start
         self.stream_id = start.stream_id
         self.channel_names = channel_names
-        ready = readies[0]
+        ready = self.sessions[0].ready_event()
         if start.channel_mode == "separate":
             ready["input"] = {**ready["input"], "channels": start.channels}
             ready["claimed_speaker"] = None
@@ -134,9 +145,7 @@ class CallSession:
             if channel_names:
                 ready["channel_names"] = list(channel_names)
         ready.update(extra or {})
-        ready["seq"] = self._seq
-        self._seq += 1
-        return Output(events=[ready])
+        return Output(events=self._tag([ready], None))
 
     def _check_started(self) -> None:
         if self.start is None:
@@ -144,55 +153,91 @@ class CallSession:
         if self.stopped:
             raise ProtocolError("invalid_message", "audio after 'stop'")
 
-    def receive_audio(self, data: bytes, now: float = 0.0) -> Output:
-        """Interleaved PCM of every channel (the ``/v1/stream`` binary message)."""
-        self._check_started()
-        if not self.separate:
-            out = Output()
-            self._merge(out, self.sessions[0].receive_audio(data, now), self.sessions[0])
-            return out
+    def _decode(self, data: bytes, channels: int) -> np.ndarray:
+        """Checked PCM bytes -> [frames, channels] float32 within full scale."""
         if len(data) > self.limits.max_frame_bytes:
             raise ProtocolError("frame_too_large", f"binary message of {len(data)} bytes exceeds the "
                                                    f"limit of {self.limits.max_frame_bytes} bytes")
-        fb = self.start.frame_bytes
+        enc = self.start.encoding
+        fb = Start(8000, enc, channels, "x").frame_bytes
         if len(data) % fb:
             raise ProtocolError("partial_frame", f"{len(data)} bytes is not a whole number of "
-                                                 f"{fb}-byte sample frames ({self.start.encoding}, "
-                                                 f"{self.start.channels} channel(s))")
-        width = ENCODINGS[self.start.encoding]
-        frames = np.frombuffer(data, dtype=np.uint8).reshape(-1, self.start.channels, width)
+                                                 f"{fb}-byte sample frames ({enc}, {channels} channel(s))")
+        x = pcm_to_float(data, enc, channels)
+        if enc == "pcm_f32le":
+            if not np.isfinite(x).all():
+                raise ProtocolError("non_finite_audio", "pcm_f32le audio holds NaN or infinite samples")
+            x = np.clip(x, -1.0, 1.0)  # full scale is ±1; louder samples clip, as a DAC would
+        return x.reshape(-1, channels)
+
+    def receive_audio(self, data: bytes, now: float = 0.0) -> Output:
+        """Interleaved PCM of every channel (the ``/v1/stream`` binary message)."""
         out = Output()
-        for c, s in enumerate(self.sessions):
-            self._merge(out, s.receive_audio(frames[:, c, :].tobytes(), now), s)
+        for part in self.iter_audio(data, now):
+            out.extend(part)
         return out
+
+    def iter_audio(self, data: bytes, now: float = 0.0, slice_s: float = SLICE_S) -> Iterator[Output]:
+        """:meth:`receive_audio` in slices of at most ``slice_s`` seconds, so that the caller
+        can let other work run between them (a 1 MiB message is 32 s of 16-bit audio).  The
+        whole message is checked before the first slice: a bad message changes nothing."""
+        self._check_started()
+        if not data:
+            return
+        x = self._decode(data, self.start.channels)
+        step = max(1, int(slice_s * self.start.sample_rate))
+        for i in range(0, len(x), step):
+            part, chunk = Output(), x[i:i + step]
+            if not self.separate:
+                s = self.sessions[0]
+                self._merge(part, s.receive_samples(chunk, now), s)
+            else:
+                for c, s in enumerate(self.sessions):
+                    self._merge(part, s.receive_samples(chunk[:, c], now), s)
+            yield part
 
     def receive_channel_audio(self, channel: int, data: bytes, now: float = 0.0) -> Output:
         """One channel's own PCM (mono, the stream's encoding): tracks that arrive apart."""
         self._check_started()
         if not 0 <= channel < len(self.sessions) or not self.separate:
             raise ProtocolError("unknown_channel", f"no channel {channel} in this stream")
-        s = self.sessions[channel]
         out = Output()
-        self._merge(out, s.receive_audio(data, now), s)
+        if not data:
+            return out
+        s = self.sessions[channel]
+        self._merge(out, s.receive_samples(self._decode(data, 1)[:, 0], now), s)
         return out
 
-    def finish(self) -> Output:
+    def finish(self, now: float = 0.0) -> Output:
         """End of input: flush every track."""
         out = Output(stop=True)
         if self.start is None or self.stopped:
             return out
         self.stopped = True
         for s in self.sessions:
-            self._merge(out, s.finish(), s)
+            self._merge(out, s.finish(now), s)
         return out
 
-    # -- scored windows ----------------------------------------------------------------------------
-    def owns(self, session: Session) -> bool:
-        return session in self._channel_of
+    # -- worker results and store changes --------------------------------------------------------
+    def owns(self, key: int) -> bool:
+        return key in self._by_key
+
+    def received_at(self, result: WindowResult) -> float | None:
+        """When the audio completing ``result``'s window arrived (None if it was dropped)."""
+        return self._by_key[result.key][1].received_at(result.index)
+
+    def taken(self, key: int, index: int) -> None:
+        """The worker took window ``index`` of track ``key`` into a batch."""
+        self._by_key[key][1].taken(index)
 
     def complete(self, result: WindowResult) -> list[dict]:
-        s = result.job.session
+        s = self._by_key[result.key][1]
         return self._tag(s.complete(result), s)
+
+    def store_changed(self, snapshot: ScoringSnapshot) -> list[dict]:
+        """A reload made ``snapshot`` current.  Streams keep scoring against the snapshot
+        they started with; a claim on a speaker the new snapshot no longer enrolls is revoked."""
+        return [ev for s in self.sessions for ev in self._tag(s.revoke_claim(snapshot), s)]
 
     def summary(self, reason: str) -> dict:
         if not self.separate:
@@ -211,4 +256,5 @@ class CallSession:
         return self.event(
             "summary", reason=reason, duration=round(duration, 4), speech_duration=round(speech, 4),
             speech_ratio=round(speech / (duration * len(parts)), 4) if duration else 0.0, windows=windows,
+            band=self.sessions[0].band, realtime=self.realtime,
             identity=None, verification=None, clone=None, channel_mode="separate", channels=parts)

@@ -128,6 +128,12 @@ class VerificationTracker:
         self.session_decision = "undecided"
         self._sum = 0.0
         self._scored = 0
+        self.revoked: str | None = None  # why the claim can no longer be accepted
+
+    def revoke(self, reason: str) -> None:
+        """The claimed speaker is no longer enrolled: every decision from now on is ``reject``."""
+        self.revoked = reason
+        self.session_decision = "reject"
 
     @property
     def threshold(self) -> float | None:
@@ -141,6 +147,8 @@ class VerificationTracker:
         self.windows += 1
         llr = self.window_llr(window_score)
         w = verdict(llr, self.threshold, self.band) if llr is not None else "undecided"
+        if self.revoked is not None:
+            w = "reject"
         self.accepted += w == "accept"
         self.rejected += w == "reject"
         if window_score is not None:
@@ -152,13 +160,16 @@ class VerificationTracker:
         ready = self._scored >= self.min_windows and self.session_llr is not None
         self.session_decision = verdict(self.session_llr, self.session_cal.accept_llr, self.band) if ready \
             else "undecided"
+        if self.revoked is not None:
+            self.session_decision = "reject"
         return w, self.session_decision
 
     def session_dict(self) -> dict:
         c = self.session_cal
         return {"score": _r(self.session_score), "llr": _r(self.session_llr), "decision": self.session_decision,
                 "windows": self.windows, "threshold_llr": None if c is None else _r(c.accept_llr),
-                "calibration": None if c is None else c.label()}
+                "calibration": None if c is None else c.label(),
+                **({"revoked": self.revoked} if self.revoked else {})}
 
     def summary(self) -> dict:
         return {"claimed_speaker": self.claimed, "threshold": _r(self.threshold),

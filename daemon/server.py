@@ -48,7 +48,7 @@ from .config import ConfigError, ServeConfig
 from .follow import StoreFollower
 from .metrics import DaemonMetrics
 from .monitor import CallState, MonitorHub
-from .session import EngineInfo, Output, Session, WindowResult
+from .session import EngineInfo, Output, WindowResult
 from .twilio import TwilioAdapter
 from .snapshot import ScoringSnapshot, load_snapshot
 
@@ -110,8 +110,7 @@ class Stream:
         self.state = CallState(source)
         self.echo = echo  # send every event back on this connection (else only errors)
         self.outbox: asyncio.Queue = asyncio.Queue()
-        self.drained = asyncio.Event()
-        self.drained.set()
+        self.progress = asyncio.Event()  # set whenever a result comes back (drain / backpressure waits)
         self.receiver: asyncio.Task | None = None
         self.shutting_down = False
         self.dead = False
@@ -139,13 +138,13 @@ class Stream:
     def apply(self, out: Output) -> None:
         for ev in out.events:
             self.emit(ev)
-        if out.jobs:
-            self.drained.clear()
-            for job in out.jobs:
-                self.daemon.owners[job.session] = self
-            self.daemon.batcher.submit(out.jobs)
-        if out.dropped:
+        if out.withdrawn:
+            self.daemon.batcher.withdraw(out.withdrawn)
             self.daemon.metrics.windows_dropped.inc(out.dropped)
+        if out.requests:
+            for r in out.requests:
+                self.daemon.owners[r.key] = self
+            self.daemon.batcher.submit(out.requests)
         m = self.daemon.metrics
         t, v = self.session.audio_seconds, self.session.speech_seconds
         m.audio_seconds.inc(max(0.0, t - self._audio_s))
@@ -153,6 +152,10 @@ class Stream:
         self._audio_s, self._voiced_s = t, v
 
     def on_result(self, result: WindowResult) -> None:
+        self.progress.set()
+        if self.dead:
+            return
+        received_at = self.session.received_at(result)
         try:
             events = self.session.complete(result)
         except RuntimeError as e:
@@ -162,9 +165,15 @@ class Stream:
         if result.clone is not None and events:
             self.daemon.metrics.clone_suspicions.labels(result.clone.level).inc()
         for ev in events:
-            self.emit(ev, result.job.received_at if ev["type"] == "identity" else None)
-        if not self.session.pending_jobs():
-            self.drained.set()
+            self.emit(ev, received_at if ev["type"] == "identity" else None)
+
+    async def until_backlog(self, limit: int, timeout: float | None = None) -> bool:
+        """Wait until at most ``limit`` of this stream's windows are outstanding."""
+        async with asyncio.timeout(timeout):
+            while self.session.backlog > limit and not self.dead:
+                self.progress.clear()
+                await self.progress.wait()
+        return self.session.backlog <= limit
 
     def fail(self, err: ProtocolError) -> None:
         """Send ``error`` and close with its code (the receiver stops)."""
@@ -191,8 +200,8 @@ class Stream:
             self.receiver.cancel()
 
     def _cancel_jobs(self) -> None:
-        self.session.cancel_all()
-        self.drained.set()
+        self.daemon.batcher.withdraw(self.session.abandon())
+        self.progress.set()
 
     async def _send_loop(self) -> None:
         m = self.daemon.metrics
@@ -230,14 +239,22 @@ class Stream:
                 raise ProtocolError("idle_timeout", f"nothing received for {idle:g} s") from None
             now = time.monotonic()
             if isinstance(msg, str):
-                out = self.adapter.receive_text(msg, now)
+                parts = [self.adapter.receive_text(msg, now)]
+            elif self.adapter is self.session:
+                # a large frame is processed in slices, yielding between them: no single client
+                # message blocks the event loop (other streams, HTTP) for long
+                parts = self.session.iter_audio(msg, now)
             else:
-                out = self.adapter.receive_audio(msg, now)
-            self.apply(out)
-            if out.stop:
-                return "stop"
-            # recv() does not yield while messages are buffered: let other streams and HTTP run
-            await asyncio.sleep(0)
+                parts = [self.adapter.receive_audio(msg, now)]
+            for out in parts:
+                self.apply(out)
+                if out.stop:
+                    return "stop"
+                if not self.session.realtime:
+                    # lossless mode: stop reading (TCP backpressure) while the stream's windows wait
+                    await self.until_backlog(self.daemon.config.limits.max_pending - 1)
+                # recv() does not yield while messages are buffered: let other streams and HTTP run
+                await asyncio.sleep(0)
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
@@ -261,12 +278,12 @@ class Stream:
             elif self.shutting_down and not self.dead:
                 outcome = "shutdown"
                 if self.session.start is not None:
-                    self.apply(self.session.finish())
+                    self.apply(self.session.finish(time.monotonic()))
             elif self.dead:
                 outcome = "error"
             if outcome in ("stop", "shutdown"):
                 try:
-                    await asyncio.wait_for(self.drained.wait(), DRAIN_TIMEOUT)
+                    await self.until_backlog(0, DRAIN_TIMEOUT)
                 except TimeoutError:
                     log.error("stream %s: windows still in flight after %g s", self.session.stream_id, DRAIN_TIMEOUT)
                 if self.session.start is not None:
@@ -301,7 +318,8 @@ class Daemon:
         self.metrics = metrics or DaemonMetrics()
         self.notifier = Notifier()
         self.streams: dict[CallSession, Stream] = {}
-        self.owners: dict[Session, Stream] = {}  # each track's session -> its stream (for batcher results)
+        self.owners: dict[int, Stream] = {}  # each track's session key -> its stream (for worker results)
+        self._snapshot: ScoringSnapshot | None = None  # what new streams are scored against
         self.hub = MonitorHub(config.monitor_queue, self.metrics)
         self.rules = AlertRules(config.webhook_level) if config.webhooks else None
         self.webhooks: WebhookSender | None = None
@@ -318,7 +336,7 @@ class Daemon:
     # -- state -----------------------------------------------------------------------------
     @property
     def snapshot(self) -> ScoringSnapshot:
-        return self.batcher.snapshot
+        return self._snapshot
 
     def engine_info(self) -> EngineInfo:
         snap = self.snapshot
@@ -340,7 +358,10 @@ class Daemon:
                 raise
             finally:
                 self.notifier.notify("READY=1")
-            self.batcher.swap(snap)
+            self._snapshot = snap
+            for stream in list(self.streams.values()):  # claims on removed speakers are revoked
+                for ev in stream.session.store_changed(snap):
+                    stream.emit(ev)
             self.metrics.set_index(snap.info())
             self.metrics.reloads.labels("ok").inc()
             log.info("reloaded: %s", snap.info())
@@ -349,11 +370,25 @@ class Daemon:
     def _deliver(self, results: list[WindowResult]) -> None:  # worker thread
         self._loop.call_soon_threadsafe(self._on_results, results)
 
+    def _taken(self, windows: list[tuple[int, int]]) -> None:  # worker thread
+        self._loop.call_soon_threadsafe(self._on_taken, windows)
+
+    def _on_taken(self, windows: list[tuple[int, int]]) -> None:
+        for key, index in windows:
+            stream = self.owners.get(key)
+            if stream is not None:
+                stream.session.taken(key, index)
+
     def _on_results(self, results: list[WindowResult]) -> None:
         for r in results:
-            stream = self.owners.get(r.job.session)
-            if stream is not None:
+            stream = self.owners.get(r.key)
+            if stream is None:
+                continue
+            try:
                 stream.on_result(r)
+            except Exception:  # one stream's failure must not stop delivery to the others
+                log.exception("stream %s: handling a window result failed", stream.session.stream_id)
+                stream.fail(ProtocolError("internal_error", "unexpected server error"))
 
     def publish(self, event: dict) -> None:
         """Every event of every stream: to the monitor feed and the alert rules."""
@@ -473,8 +508,8 @@ class Daemon:
             await stream.run()
         finally:
             del self.streams[stream.session]
-            for s in stream.session.sessions:
-                self.owners.pop(s, None)
+            for key in stream.session.keys:
+                self.owners.pop(key, None)
             self.metrics.active_streams.dec()
 
     async def monitor_handler(self, ws: ServerConnection, query: dict) -> None:
@@ -572,7 +607,9 @@ class Daemon:
         await asyncio.to_thread(self.embedder.embed, [np.zeros(24000, dtype=np.float32)])
         self.metrics.set_model(self.embedder.identity, self.embedder.device)
         self.metrics.set_index(snap.info())
-        self.batcher = Batcher(self.embedder, snap, self._deliver, cfg.max_batch, cfg.max_wait, self.metrics)
+        self._snapshot = snap
+        self.batcher = Batcher(self.embedder, self._deliver, cfg.max_batch, cfg.max_wait, self.metrics,
+                               on_taken=self._taken)
         self.batcher.start()
         if cfg.webhooks:
             self.webhooks = WebhookSender(list(cfg.webhooks), cfg.webhook_secret, cfg.webhook_timeout,

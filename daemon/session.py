@@ -1,42 +1,51 @@
-"""One stream's engine, free of I/O.
+"""One speaker track's engine, free of I/O: no sockets, no threads, no clock.
 
-The server feeds a :class:`Session` the client's text messages and audio bytes; it
-answers with :class:`Output` — events to send and :class:`WindowJob` s to embed.  When
-the shared batcher has scored a job, :meth:`Session.complete` turns the
-:class:`WindowResult` into ``identity`` / ``verification`` / ``clone_suspicion``
-events.  Protocol violations raise :class:`~voxguard.protocol.ProtocolError`.
+A :class:`Session` is fed float samples of one track (``receive_samples``) and answers
+with an :class:`Output`: events, and immutable :class:`WindowRequest` s for the shared
+worker (:mod:`.batcher`).  The worker answers each request with an immutable
+:class:`WindowResult`, which :meth:`Session.complete` turns into ``identity`` /
+``verification`` / ``clone_suspicion`` events.  Every piece of per-track state — the
+resampler, VAD, window scheduler, the windows still outstanding, the decision trackers,
+the pinned scoring snapshot — is owned here and touched only by the caller's thread (the
+server's event loop).  The caller passes the time (``now``) in; the session never reads
+a clock.  The protocol (parsing messages, numbering events, channel layouts) is
+:class:`~voxguard.daemon.call.CallSession`'s job.
 
-Audio path: PCM bytes -> float -> downmix -> streaming resample to 16 kHz
+Audio path: float samples -> downmix -> streaming resample to 16 kHz
 (``soxr.ResampleStream``) -> webrtcvad segmenter (``speech_start`` / ``speech_end``)
--> window scheduler over voiced audio -> window jobs.
+-> window scheduler over voiced audio -> window requests.
 
-Decisions read the calibration of the stream's pinned scoring snapshot (the one current
-when the stream started) for the stream's band: ``telephone`` for input sampled at 8 kHz
-or less or G.711-encoded, else ``wide`` (:mod:`voxguard.bands`).
+Scoring snapshot: the one current when the stream starts (index, calibration, clone
+detector) is pinned for the stream's life, so every running mean stays in one set of
+units; a reload applies to streams started after it.  One exception: when a reload
+removes the claimed speaker, :meth:`Session.revoke_claim` turns the claim into a
+``reject`` (a ``warning`` event says why) — a removed speaker is never accepted.
 
-Overload policy: at most ``max_pending`` windows of a stream wait for the embedder;
-when a new window would exceed that, the oldest window not yet taken by the
-embedder is dropped (counted, and reported by a ``warning`` event at most once per
-second of stream time).  The stream itself carries on.
+Overload policy (``realtime``, the default): at most ``max_pending`` windows of a track
+are outstanding; when a new window would exceed that, the oldest outstanding window the
+worker has not yet taken (the worker says which it took: :meth:`Session.taken`) is
+dropped and withdrawn from the worker's queue; a result that comes back for a dropped
+window anyway (it was taken just before the news arrived) is ignored by its index.  Drops are counted in the summary and reported by a
+``warning`` event at most once per second of stream time.  With ``realtime: false``
+(files) nothing is dropped: the server stops reading while :attr:`Session.backlog` is at
+``max_pending`` (backpressure).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
+import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import soxr
 
 from voxguard import SAMPLE_RATE
-from voxguard.audio import downmix, pcm_to_float
+from voxguard.audio import downmix
 from voxguard.bands import WIDE, detect_band
 from voxguard.clone_detection import CloneAssessment
 from voxguard.index import SearchResult
-from voxguard.protocol import (PROTOCOL_VERSION, WARNINGS, ProtocolError, Start, Stop,
-                               parse_client_text)
+from voxguard.protocol import PROTOCOL_VERSION, WARNINGS, ProtocolError, Start
 from voxguard.vad import SpeechEnd, SpeechStart, VadConfig, VoiceActivityDetector, Voiced
 from voxguard.windows import WindowConfig, WindowScheduler
 
@@ -48,7 +57,7 @@ from .snapshot import ScoringSnapshot
 class SessionLimits:
     max_frame_bytes: int = 1 << 20
     max_duration: float = 4 * 3600.0  # seconds of stream time
-    max_pending: int = 16  # windows waiting for the embedder, per stream
+    max_pending: int = 16  # windows outstanding at the worker, per track
     enter_windows: int = 2
     exit_windows: int = 3
     undecided_band: float = 0.5  # LLR units: undecided within ±band of a threshold
@@ -98,29 +107,30 @@ class EngineInfo:
                     f"are decided with that calibration") if n) or None}
 
 
-@dataclass(eq=False)
-class WindowJob:
-    """One window to embed and score."""
+@dataclass(frozen=True, eq=False)
+class WindowRequest:
+    """One window to embed and score: everything the worker needs, nothing it may change."""
 
-    session: "Session" = field(repr=False)
-    index: int
-    samples: np.ndarray = field(repr=False)
-    start: float
+    key: int  # the track (Session) it belongs to
+    index: int  # the window's number in its track
+    start: float  # stream time of the window's first and last voiced sample
     end: float
-    received_at: float  # monotonic time the audio completing this window arrived
-    claimed: str | None
-    top_k: int
-    snapshot: ScoringSnapshot = field(repr=False)  # the stream's pinned scoring state
+    samples: np.ndarray = field(repr=False)  # 16 kHz float32, read-only
+    snapshot: ScoringSnapshot = field(repr=False)  # the track's pinned scoring state
     band: str = WIDE
-    cancelled: bool = False  # dropped by the overload policy
-    taken: bool = False  # picked up by the embedder (can no longer be dropped)
+    claimed: str | None = None
+    top_k: int = 5
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class WindowResult:
-    job: WindowJob
+    """The worker's answer for one :class:`WindowRequest`."""
+
+    key: int
+    index: int
+    vector: np.ndarray | None = field(default=None, repr=False)  # the window's embedding
     window: SearchResult | None = None  # speakers ranked by window score, with LLR and cosine
-    claimed_window: float | None = None  # the claimed speaker's backend score for this window
+    claimed_score: float | None = None  # the claimed speaker's backend score for this window
     clone: CloneAssessment | None = None
     error: str | None = None
 
@@ -128,9 +138,26 @@ class WindowResult:
 @dataclass
 class Output:
     events: list[dict] = field(default_factory=list)
-    jobs: list[WindowJob] = field(default_factory=list)
-    dropped: int = 0  # windows dropped by the overload policy during this call
-    stop: bool = False  # the client sent ``stop``: flush done, send the summary once jobs finish
+    requests: list[WindowRequest] = field(default_factory=list)
+    withdrawn: list[tuple[int, int]] = field(default_factory=list)  # (key, index) dropped by the overload policy
+    stop: bool = False  # the client sent ``stop``: flush done, send the summary once the backlog is empty
+
+    @property
+    def dropped(self) -> int:
+        return len(self.withdrawn)
+
+    def extend(self, other: "Output") -> None:
+        self.events.extend(other.events)
+        self.requests.extend(other.requests)
+        self.withdrawn.extend(other.withdrawn)
+        self.stop = self.stop or other.stop
+
+
+@dataclass(frozen=True)
+class _Outstanding:
+    start: float
+    end: float
+    received_at: float  # the caller's clock when the audio completing this window arrived
 
 
 def _r(x: float | None) -> float | None:
@@ -142,26 +169,42 @@ def _top(result: SearchResult | None, k: int = 20) -> list[dict]:
                                        "cosine": _r(s.cosine)} for s in result.speakers[:k]]
 
 
-class Session:
-    """The state of one stream."""
+_keys = itertools.count(1)
 
-    def __init__(self, engine: EngineInfo, limits: SessionLimits | None = None):
+
+class Session:
+    """The state of one track (one speaker channel) of a started stream."""
+
+    def __init__(self, engine: EngineInfo, start: Start, limits: SessionLimits | None = None,
+                 key: int | None = None):
         self.engine = engine
+        self.snapshot = engine.snapshot  # pinned for the track's life
         self.limits = limits or SessionLimits()
-        self.start: Start | None = None
-        self.stream_id = ""
+        self.start = start
+        self.key = next(_keys) if key is None else key
+        self.stream_id = start.stream_id
         self.stopped = False
-        self._seq = 0
+        o = start.options
+        self.realtime = o.realtime
         self._frames_in = 0  # input sample frames received
-        self._resampler: soxr.ResampleStream | None = None
-        self._vad: VoiceActivityDetector | None = None
-        self._windows: WindowScheduler | None = None
+        self._resampler = (None if start.sample_rate == SAMPLE_RATE else
+                           soxr.ResampleStream(start.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"))
+        self._vad = VoiceActivityDetector(VadConfig(aggressiveness=o.vad_aggressiveness, frame_ms=o.vad_frame_ms))
+        self._windows = WindowScheduler(WindowConfig(window_s=o.window, hop_s=o.hop))
         self._speech_started_at: float | None = None
-        self.pending: deque[WindowJob] = deque()
-        self._lock = threading.Lock()
-        self.band = WIDE
-        self.identity: IdentityTracker | None = None
+        self._outstanding: OrderedDict[int, _Outstanding] = OrderedDict()
+        self._taken: set[int] = set()  # outstanding windows the worker has taken (never dropped)
+        self.band = detect_band(None, start.sample_rate, start.encoding)
+        open_set = self.snapshot.open_set_llr("window", self.band)
+        # uncalibrated (no calibration and no shipped default): no window ever names a speaker
+        self.identity = IdentityTracker(float("inf") if open_set is None else open_set,
+                                        self.limits.enter_windows, self.limits.exit_windows)
         self.verification: VerificationTracker | None = None
+        if start.claimed_speaker is not None:
+            snap, band = self.snapshot, self.band
+            self.verification = VerificationTracker(start.claimed_speaker, snap.trial("window", band),
+                                                    lambda n: snap.session(n, band), self.limits.undecided_band,
+                                                    self.limits.verify_min_windows)
         self.evidence = SessionEvidence()
         self.clone = CloneTracker()
         self.heard: dict[str, int] = {}  # speaker -> windows the identity decision held it
@@ -173,89 +216,46 @@ class Session:
     @property
     def time(self) -> float:
         """Stream time: seconds of input audio received."""
-        return self._frames_in / self.start.sample_rate if self.start else 0.0
+        return self._frames_in / self.start.sample_rate
 
     @property
     def speech_seconds(self) -> float:
-        if self._vad is None:
-            return 0.0
         return self._vad.voiced_frames * self._vad.frame_len / SAMPLE_RATE
 
+    @property
+    def backlog(self) -> int:
+        """Windows handed to the worker whose results have not come back."""
+        return len(self._outstanding)
+
+    def received_at(self, index: int) -> float | None:
+        o = self._outstanding.get(index)
+        return None if o is None else o.received_at
+
     def event(self, type_: str, time: float | None = None, **fields) -> dict:
-        ev = {"type": type_, "stream_id": self.stream_id, "seq": self._seq,
-              "time": round(self.time if time is None else time, 4), **fields}
-        self._seq += 1
-        return ev
+        """An event of this track; the call numbers it (``seq``) before it is sent."""
+        return {"type": type_, "stream_id": self.stream_id, "seq": None,
+                "time": round(self.time if time is None else time, 4), **fields}
 
-    def error_event(self, err: ProtocolError) -> dict:
-        return self.event("error", code=err.code, message=err.message, close_code=err.close_code)
-
-    # -- client input ----------------------------------------------------------------------
-    def receive_text(self, text: str, now: float = 0.0) -> Output:
-        msg = parse_client_text(text)
-        if isinstance(msg, Start):
-            if self.start is not None:
-                raise ProtocolError("already_started", "this stream was already started")
-            return self._begin(msg)
-        assert isinstance(msg, Stop)
-        if self.start is None:
-            raise ProtocolError("not_started", "'stop' before 'start'")
-        return self.finish()
-
-    def _begin(self, start: Start) -> Output:
-        if start.claimed_speaker is not None and start.claimed_speaker not in self.engine.speakers:
-            raise ProtocolError("unknown_speaker",
-                                f"claimed speaker {start.claimed_speaker!r} is not enrolled")
-        self.start = start
-        self.stream_id = start.stream_id
-        o = start.options
-        if start.sample_rate != SAMPLE_RATE:
-            self._resampler = soxr.ResampleStream(start.sample_rate, SAMPLE_RATE, 1, dtype="float32",
-                                                  quality="HQ")
-        self._vad = VoiceActivityDetector(VadConfig(aggressiveness=o.vad_aggressiveness, frame_ms=o.vad_frame_ms))
-        self._windows = WindowScheduler(WindowConfig(window_s=o.window, hop_s=o.hop))
-        self.band = detect_band(None, start.sample_rate, start.encoding)
-        snap = self.engine.snapshot
-        open_set = snap.open_set_llr("window", self.band)
-        # uncalibrated (no calibration and no shipped default): no window ever names a speaker
-        self.identity = IdentityTracker(float("inf") if open_set is None else open_set,
-                                        self.limits.enter_windows, self.limits.exit_windows)
-        if start.claimed_speaker is not None:
-            band = self.band
-            self.verification = VerificationTracker(start.claimed_speaker, snap.trial("window", band),
-                                                    lambda n: snap.session(n, band), self.limits.undecided_band,
-                                                    self.limits.verify_min_windows)
-        ready = self.event(
+    def ready_event(self) -> dict:
+        start, o = self.start, self.start.options
+        return self.event(
             "ready", 0.0, protocol_version=PROTOCOL_VERSION, embedder=self.engine.embedder,
             index=self.engine.index, thresholds=self.engine.thresholds(self.band, self.limits, o.window),
             decision={"enter_windows": self.limits.enter_windows, "exit_windows": self.limits.exit_windows,
                       "verify_min_windows": self.limits.verify_min_windows},
             input={"sample_rate": start.sample_rate, "encoding": start.encoding, "channels": start.channels},
             options={"window": o.window, "hop": o.hop, "vad_aggressiveness": o.vad_aggressiveness,
-                     "vad_frame_ms": o.vad_frame_ms, "top_k": o.top_k},
+                     "vad_frame_ms": o.vad_frame_ms, "top_k": o.top_k, "realtime": o.realtime},
             claimed_speaker=start.claimed_speaker)
-        return Output(events=[ready])
 
-    def receive_audio(self, data: bytes, now: float = 0.0) -> Output:
-        if self.start is None:
-            raise ProtocolError("not_started", "audio before 'start'")
+    # -- input ----------------------------------------------------------------------------------
+    def receive_samples(self, x: np.ndarray, now: float) -> Output:
+        """Float samples of this track at the stream's rate ([frames] or [frames, channels],
+        channels averaged), already checked and clipped by the call."""
         if self.stopped:
             raise ProtocolError("invalid_message", "audio after 'stop'")
-        if len(data) > self.limits.max_frame_bytes:
-            raise ProtocolError("frame_too_large", f"binary message of {len(data)} bytes exceeds the "
-                                                   f"limit of {self.limits.max_frame_bytes} bytes")
-        fb = self.start.frame_bytes
-        if len(data) % fb:
-            raise ProtocolError("partial_frame", f"{len(data)} bytes is not a whole number of "
-                                                 f"{fb}-byte sample frames ({self.start.encoding}, "
-                                                 f"{self.start.channels} channel(s))")
-        if not data:
+        if not len(x):
             return Output()
-        x = pcm_to_float(data, self.start.encoding, self.start.channels)
-        if self.start.encoding == "pcm_f32le" and not np.isfinite(x).all():
-            raise ProtocolError("non_finite_audio", "pcm_f32le audio holds NaN or infinite samples")
-        if self.start.encoding == "pcm_f32le":
-            x = np.clip(x, -1.0, 1.0)  # full scale is ±1; louder samples clip, as a DAC would
         self._frames_in += len(x)
         if self.time > self.limits.max_duration:
             raise ProtocolError("duration_limit", f"the stream exceeded the maximum duration of "
@@ -265,19 +265,19 @@ class Session:
             mono = self._resampler.resample_chunk(mono, last=False)
         return self._process(mono, now)
 
-    def finish(self) -> Output:
+    def finish(self, now: float) -> Output:
         """End of input (``stop`` or shutdown): flush the resampler, VAD and scheduler."""
-        if self.start is None or self.stopped:
+        if self.stopped:
             return Output(stop=True)
         self.stopped = True
         tail = np.zeros(0, dtype=np.float32)
         if self._resampler is not None:
             tail = self._resampler.resample_chunk(tail, last=True)
-        out = self._process(tail, None, final=True)
+        out = self._process(tail, now, final=True)
         out.stop = True
         return out
 
-    def _process(self, samples: np.ndarray, now: float | None, final: bool = False) -> Output:
+    def _process(self, samples: np.ndarray, now: float, final: bool = False) -> Output:
         out = Output()
         vad_events = self._vad.process(samples) if len(samples) else []
         if final:
@@ -295,79 +295,94 @@ class Session:
                 self._speech_started_at = None
         if final:
             windows.extend(self._windows.flush())
-        stamp = time.monotonic() if now is None else now
-        claimed = self.start.claimed_speaker
         for w in windows:
-            job = WindowJob(self, w.index, w.samples, w.start, w.end, stamp, claimed, self.start.options.top_k,
-                            self.engine.snapshot, self.band)
-            out.jobs.append(job)
-        out.dropped = self._enqueue(out.jobs)
-        if out.dropped and self.time - self._warned_at >= 1.0:
-            self._warned_at = self.time
-            out.events.append(self.event("warning", code="overload", message=WARNINGS["overload"],
-                                         dropped_windows=self.dropped))
+            samples = np.array(w.samples, dtype=np.float32)  # the request's own, read-only copy
+            samples.flags.writeable = False
+            out.requests.append(WindowRequest(self.key, w.index, w.start, w.end, samples, self.snapshot, self.band,
+                                              self.start.claimed_speaker, self.start.options.top_k))
+            self._outstanding[w.index] = _Outstanding(w.start, w.end, now)
+            if self.realtime and len(self._outstanding) > self.limits.max_pending:
+                victim = next((i for i in self._outstanding if i not in self._taken), None)
+                if victim is not None:
+                    del self._outstanding[victim]
+                    out.withdrawn.append((self.key, victim))
+        # a window dropped before it left this call is not sent at all
+        gone = {i for _, i in out.withdrawn}
+        if gone:
+            out.requests = [r for r in out.requests if r.index not in gone]
+            self.dropped += len(gone)
+            if self.time - self._warned_at >= 1.0:
+                self._warned_at = self.time
+                out.events.append(self.event("warning", code="overload", message=WARNINGS["overload"],
+                                             dropped_windows=self.dropped))
         return out
 
-    def _enqueue(self, jobs: list[WindowJob]) -> int:
-        """Apply the overload policy; returns how many waiting windows were dropped."""
-        dropped = 0
-        with self._lock:
-            for job in jobs:
-                self.pending.append(job)
-                while len(self.pending) > self.limits.max_pending:
-                    victim = next((j for j in self.pending if not j.taken), None)
-                    if victim is None:
-                        break
-                    victim.cancelled = True
-                    self.pending.remove(victim)
-                    dropped += 1
-        self.dropped += dropped
-        return dropped
+    def taken(self, index: int) -> None:
+        """The worker took window ``index`` into a batch: it will be answered, so it is no
+        longer a candidate for dropping."""
+        if index in self._outstanding:
+            self._taken.add(index)
+
+    def abandon(self) -> list[tuple[int, int]]:
+        """The stream ends without a summary: forget every outstanding window (returns them
+        for the worker's queue to withdraw)."""
+        gone = [(self.key, i) for i in self._outstanding]
+        self._outstanding.clear()
+        self._taken.clear()
+        return gone
+
+    # -- store changes ---------------------------------------------------------------------
+    def revoke_claim(self, snapshot: ScoringSnapshot) -> list[dict]:
+        """A reload produced ``snapshot``; if it no longer enrolls the claimed speaker, the
+        claim is rejected from now on (the pinned snapshot still scores the rest)."""
+        v = self.verification
+        if v is None or v.revoked or v.claimed in snapshot.speakers:
+            return []
+        v.revoke(f"claimed speaker {v.claimed!r} was removed from the store (revision {snapshot.revision})")
+        return [self.event("warning", code="claimed_speaker_removed", message=v.revoked,
+                           claimed_speaker=v.claimed)]
 
     # -- scored windows --------------------------------------------------------------------
     def complete(self, result: WindowResult) -> list[dict]:
-        """Events for one scored window (none if the window had been dropped)."""
-        job = result.job
-        with self._lock:
-            if job.cancelled:
-                return []
-            try:
-                self.pending.remove(job)
-            except ValueError:
-                return []
+        """Events for one scored window (none when it was dropped: stale results are ignored
+        by index)."""
+        slot = self._outstanding.pop(result.index, None)
+        self._taken.discard(result.index)
+        if slot is None:
+            return []
         if result.error is not None:
             raise RuntimeError(result.error)
         self.scored += 1
-        win = {"index": job.index, "start": round(job.start, 4), "end": round(job.end, 4)}
+        win = {"index": result.index, "start": round(slot.start, 4), "end": round(slot.end, 4)}
         best = result.window.best if result.window else None
         decision = self.identity.update(best.speaker if best else None, best.llr if best else None)
         if decision.speaker is not None:
             self.heard[decision.speaker] = self.heard.get(decision.speaker, 0) + 1
         if result.window is not None:
             self.evidence.add([(s.speaker, s.score) for s in result.window.speakers])
-        snap = self.engine.snapshot
-        win_cal = snap.trial("window", self.band)
+        top_k = self.start.options.top_k
+        win_cal = self.snapshot.trial("window", self.band)
         events = [self.event(
-            "identity", job.end, window=win, speaker=best.speaker if best else None,
+            "identity", slot.end, window=win, speaker=best.speaker if best else None,
             score=_r(best.score) if best else None, llr=_r(best.llr) if best else None,
             cosine=_r(best.cosine) if best else None,
             margin=_r(result.window.margin) if result.window else None,
-            top=_top(result.window, job.top_k), decision=decision.as_dict(),
+            top=_top(result.window, top_k), decision=decision.as_dict(),
             threshold_llr=None if self.identity.threshold == float("inf") else _r(self.identity.threshold),
             calibration=None if win_cal is None else win_cal.label(),
-            session=self.session_identity(job.top_k))]
+            session=self.session_identity(top_k))]
         if self.verification is not None:
             v = self.verification
-            w, _ = v.update(result.claimed_window)
+            w, _ = v.update(result.claimed_score)
             events.append(self.event(
-                "verification", job.end, claimed_speaker=v.claimed, threshold=_r(v.threshold),
+                "verification", slot.end, claimed_speaker=v.claimed, threshold=_r(v.threshold),
                 calibration=None if win_cal is None else win_cal.label(),
-                window={**win, "score": _r(result.claimed_window), "llr": _r(v.window_llr(result.claimed_window)),
+                window={**win, "score": _r(result.claimed_score), "llr": _r(v.window_llr(result.claimed_score)),
                         "decision": w},
                 session=v.session_dict()))
         if result.clone is not None and self.clone.update(result.clone):
             c = result.clone
-            events.append(self.event("clone_suspicion", job.end, window=win, speaker=c.speaker,
+            events.append(self.event("clone_suspicion", slot.end, window=win, speaker=c.speaker,
                                      score=_r(c.score), llr=_r(c.llr), level=c.level, evidence=c.evidence,
                                      session=self.clone.as_dict()))
         return events
@@ -375,7 +390,7 @@ class Session:
     def session_identity(self, k: int = 5) -> dict:
         """Who the whole stream so far is (open set): the speaker with the best mean window
         score, named when that mean's session LLR passes the open-set threshold."""
-        snap = self.engine.snapshot
+        snap = self.snapshot
         n = self.evidence.windows
         ranking = self.evidence.ranking(k)
         cal = snap.session(n, self.band) if n else None
@@ -393,19 +408,17 @@ class Session:
                 "windows": n, "calibration": cal.label()}
 
     def summary(self, reason: str) -> dict:
-        """The ``summary`` event (after every job of the stream completed)."""
+        """The ``summary`` event (after every outstanding window came back)."""
         duration = self.time
         speech = self.speech_seconds
         ident = {**self.session_identity(),
-                 "decision": {"speaker": self.identity.current if self.identity else None,
-                              "changes": self.identity.changes if self.identity else 0},
+                 "decision": {"speaker": self.identity.current, "changes": self.identity.changes},
                  "speakers_heard": [{"speaker": s, "windows": n} for s, n in
                                     sorted(self.heard.items(), key=lambda kv: -kv[1])]}
         return self.event(
             "summary", duration, reason=reason, duration=round(duration, 4), speech_duration=round(speech, 4),
             speech_ratio=round(speech / duration, 4) if duration else 0.0,
-            band=self.band,
-            windows={"emitted": self._windows.windows_emitted if self._windows else 0, "scored": self.scored,
-                     "dropped": self.dropped},
+            band=self.band, realtime=self.realtime,
+            windows={"emitted": self._windows.windows_emitted, "scored": self.scored, "dropped": self.dropped},
             identity=ident, verification=self.verification.summary() if self.verification else None,
             clone=self.clone.as_dict())

@@ -166,4 +166,4 @@ class TwilioAdapter:
     def _stop(self, d: dict, now: float) -> Output:
         if self.call.start is None:
             raise ProtocolError("not_started", "Twilio 'stop' before 'start'")
-        return self.call.finish()
+        return self.call.finish(now)

@@ -40,9 +40,9 @@ def run(call: CallSession, data: bytes, chunk: int) -> tuple[list[dict], list]:
     for i in range(0, len(data), chunk):
         out = call.receive_audio(data[i:i + chunk])
         events += out.events
-        jobs += out.jobs
+        jobs += out.requests
     out = call.receive_text('{"type": "stop"}')
-    return events + out.events, jobs + out.jobs
+    return events + out.events, jobs + out.requests
 
 
 # -- G.711 ----------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_separate_channels_are_separate_tracks_and_events_carry_the_channel():
     assert events and {e["channel"] for e in events} == {1}
     assert [e["type"] for e in events][:1] == ["speech_start"]
     assert [e["seq"] for e in ready + events] == list(range(len(ready) + len(events)))
-    assert jobs and all(j.session is call.sessions[1] and j.claimed == "bob" for j in jobs)
+    assert jobs and all(j.key == call.sessions[1].key and j.claimed == "bob" for j in jobs)
     summary = call.summary("stop")
     jsonschema.validate(summary, SCHEMAS["summary"])
     left, right = summary["channels"]
@@ -155,17 +155,17 @@ def test_twilio_tracks_become_channels_with_the_claim_on_inbound():
         for track, chunk in (("inbound", mulaw[i:i + 160]), ("outbound", b"\xff" * len(mulaw[i:i + 160]))):
             out = tw.receive_text(twilio_media(track, chunk, i // 160))
             events += out.events
-            jobs += out.jobs
+            jobs += out.requests
     tw.receive_text('{"event": "dtmf", "streamSid": "MZ0123", "sequenceNumber": "9", '
                     '"dtmf": {"track": "inbound_track", "digit": "1"}}')
     tw.receive_text('{"event": "mark", "streamSid": "MZ0123", "sequenceNumber": "9", "mark": {"name": "m"}}')
     out = tw.receive_text('{"event": "stop", "sequenceNumber": "99", "streamSid": "MZ0123", '
                           '"stop": {"accountSid": "AC1", "callSid": "CA1"}}')
     assert out.stop and tw.dtmf == ["1"] and tw.marks == ["m"]
-    jobs += out.jobs
+    jobs += out.requests
     events += out.events
     assert {e["channel"] for e in events} == {0}
-    assert jobs and all(j.session is call.sessions[0] and j.claimed == "alice" for j in jobs)
+    assert jobs and all(j.key == call.sessions[0].key and j.claimed == "alice" for j in jobs)
     assert call.sessions[0].time == pytest.approx(len(mulaw) / 8000)
 
 

@@ -376,6 +376,35 @@ def test_reload_picks_up_a_new_speaker_without_dropping_streams(daemon, store, e
     assert metric(daemon, 'voxguard_reloads_total{result="ok"}') >= 2
 
 
+def test_a_claim_on_a_speaker_removed_mid_stream_is_rejected(daemon, store, an4_speakers, utterances):
+    """The stream keeps its pinned snapshot, but a reload that removes the claimed speaker
+    revokes the claim: a warning, then ``reject`` for every window and the session."""
+    from conftest import run_cli
+
+    path, names = store
+    _, pcm = utterances
+    newcomer = sorted(an4_speakers)[len(names)]  # enrolled by the reload test above
+
+    async def scenario():
+        live = asyncio.create_task(good_stream(daemon, (pcm * 3)[: 16000 * 2 * 14], "revoked", speed=1.0,
+                                               claimed_speaker=newcomer))
+        await asyncio.sleep(1.5)
+        removed = await asyncio.to_thread(run_cli, "--store", str(path), "enroll", "remove", newcomer)
+        assert removed.returncode == 0, removed.stderr
+        status, body = await asyncio.to_thread(daemon.http, "/admin/reload", "POST", AUTH)
+        assert status == 200 and json.loads(body)["index"]["enrolled_speakers"] == len(names)
+        return await live
+
+    events, close = asyncio.run(scenario())
+    assert close == 1000
+    warn = [e for e in events if e["type"] == "warning"]
+    assert [w["code"] for w in warn] == ["claimed_speaker_removed"] and warn[0]["claimed_speaker"] == newcomer
+    after = [e for e in events if e["type"] == "verification" and e["seq"] > warn[0]["seq"]]
+    assert after and all(e["window"]["decision"] == e["session"]["decision"] == "reject" for e in after)
+    summary = events[-1]
+    assert summary["verification"]["decision"] == "reject" and "removed" in summary["verification"]["revoked"]
+
+
 def test_sigterm_sends_summary_and_closes_1001(daemon, utterances):
     _, pcm = utterances
 

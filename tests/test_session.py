@@ -12,7 +12,8 @@ from daemon_support import build_store, fake_engine, held_out
 from voxguard.audio import load_audio, resample
 from voxguard.daemon.batcher import Batcher
 from voxguard.daemon.decisions import IdentityTracker, VerificationTracker, verdict
-from voxguard.daemon.session import EngineInfo, Session, SessionLimits
+from voxguard.daemon.call import CallSession
+from voxguard.daemon.session import EngineInfo, SessionLimits
 from voxguard.daemon.snapshot import load_snapshot
 from voxguard.llr import calibrate_trials
 from voxguard.protocol import ProtocolError
@@ -21,7 +22,7 @@ from voxguard.windows import speech_windows
 ENGINE = fake_engine({"alice"})
 
 
-def start(session: Session, **over) -> list[dict]:
+def start(session: CallSession, **over) -> list[dict]:
     msg = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1, "stream_id": "s1", **over}
     return session.receive_text(json.dumps(msg)).events
 
@@ -34,7 +35,7 @@ def with_silence(x: np.ndarray, sr: int = 16000, lead: float = 0.6, trail: float
     return np.concatenate([np.zeros(int(lead * sr), np.float32), x, np.zeros(int(trail * sr), np.float32)])
 
 
-def feed(session: Session, data: bytes, sizes, frame_bytes: int = 2):
+def feed(session: CallSession, data: bytes, sizes, frame_bytes: int = 2, withdrawn: list | None = None):
     """Feed ``data`` in chunks (sizes cycle, rounded to whole frames); returns (events, jobs)."""
     events, jobs = [], []
     i, k = 0, 0
@@ -42,11 +43,13 @@ def feed(session: Session, data: bytes, sizes, frame_bytes: int = 2):
         n = max(frame_bytes, sizes[k % len(sizes)] // frame_bytes * frame_bytes)
         out = session.receive_audio(data[i:i + n])
         events += out.events
-        jobs += out.jobs
+        jobs += out.requests
+        if withdrawn is not None:
+            withdrawn += out.withdrawn
         i += n
         k += 1
     out = session.receive_text('{"type": "stop"}')
-    return events + out.events, jobs + out.jobs
+    return events + out.events, jobs + out.requests
 
 
 # -- protocol errors --------------------------------------------------------------------------
@@ -63,12 +66,12 @@ def feed(session: Session, data: bytes, sizes, frame_bytes: int = 2):
 ])
 def test_session_errors_before_start(action, code):
     with pytest.raises(ProtocolError) as e:
-        action(Session(ENGINE))
+        action(CallSession(ENGINE))
     assert e.value.code == code
 
 
 def test_session_errors_after_start():
-    s = Session(ENGINE, SessionLimits(max_frame_bytes=4096, max_duration=1.0))
+    s = CallSession(ENGINE, SessionLimits(max_frame_bytes=4096, max_duration=1.0))
     assert start(s)[0]["type"] == "ready"
     for action, code in [(lambda: start(s), "already_started"),
                          (lambda: s.receive_audio(b"\0\0\0"), "partial_frame"),
@@ -81,7 +84,7 @@ def test_session_errors_after_start():
         for _ in range(10):
             s.receive_audio(b"\0" * 4000)
     assert e.value.code == "duration_limit" and e.value.close_code == 4413
-    f = Session(ENGINE)
+    f = CallSession(ENGINE)
     start(f, encoding="pcm_f32le", channels=2)
     with pytest.raises(ProtocolError) as e:
         f.receive_audio(np.array([0.1, np.nan], "<f4").tobytes())
@@ -90,7 +93,7 @@ def test_session_errors_after_start():
         f.receive_audio(np.zeros(3, "<f4").tobytes())  # 1.5 stereo frames
     assert e.value.code == "partial_frame"
     # finite but absurdly loud float samples clip at full scale: nothing downstream turns NaN
-    loud = Session(ENGINE)
+    loud = CallSession(ENGINE)
     start(loud, encoding="pcm_f32le")
     x = (speech_like(3.0) * 3e38).astype("<f4")
     _, jobs = feed(loud, x.tobytes(), [6400], frame_bytes=4)
@@ -100,7 +103,7 @@ def test_session_errors_after_start():
 # -- audio path ---------------------------------------------------------------------------------
 def test_events_and_windows_match_offline_segmentation():
     x = with_silence(speech_like(4.0, seed=3))
-    s = Session(ENGINE)
+    s = CallSession(ENGINE)
     ready = start(s)
     events, jobs = feed(s, pcm16(x), [300, 4410, 17, 32000, 960])
     types = [e["type"] for e in ready + events]
@@ -126,11 +129,11 @@ def test_resampled_inputs(rate, channels, encoding):
     frames = np.repeat(x[:, None], channels, axis=1)
     data = pcm16(frames) if encoding == "pcm_s16le" else frames.astype("<f4").tobytes()
     fb = channels * (2 if encoding == "pcm_s16le" else 4)
-    s = Session(ENGINE)
+    s = CallSession(ENGINE)
     start(s, sample_rate=rate, channels=channels, encoding=encoding)
     events, jobs = feed(s, data, [rate // 10 * fb + fb, 777 * fb], frame_bytes=fb)
     assert [e["type"] for e in events] == ["speech_start", "speech_end"]
-    s16 = Session(ENGINE)
+    s16 = CallSession(ENGINE)
     start(s16)
     _, jobs16 = feed(s16, pcm16(ref), [3200])
     assert abs(len(jobs) - len(jobs16)) <= 1
@@ -142,15 +145,106 @@ def test_resampled_inputs(rate, channels, encoding):
     assert corr > 0.9 or len(jobs) != len(jobs16)
 
 
-def test_overload_policy_drops_oldest_waiting_windows():
-    s = Session(ENGINE, SessionLimits(max_pending=2))
+def test_overload_policy_drops_oldest_outstanding_windows():
+    s = CallSession(ENGINE, SessionLimits(max_pending=2))
     start(s)
-    events, jobs = feed(s, pcm16(with_silence(speech_like(6.0, seed=1))), [16000])
+    withdrawn = []
+    events, reqs = feed(s, pcm16(with_silence(speech_like(6.0, seed=1))), [16000], withdrawn=withdrawn)
+    track = s.sessions[0]
     warnings = [e for e in events if e["type"] == "warning"]
-    assert len(jobs) >= 8
-    assert s.dropped == len(jobs) - 2 and len(s.pending) == 2
-    assert [j for j in jobs if not j.cancelled] == list(s.pending) == jobs[-2:]
-    assert warnings and warnings[0]["code"] == "overload" and warnings[-1]["dropped_windows"] <= s.dropped
+    emitted = track._windows.windows_emitted
+    assert emitted >= 8 and track.backlog == 2 and track.dropped == emitted - 2
+    kept = sorted(track._outstanding)
+    assert kept == list(range(emitted))[-2:]
+    assert sorted(i for _, i in withdrawn) == [r.index for r in reqs if r.index not in kept]
+    assert warnings and warnings[0]["code"] == "overload" and warnings[-1]["dropped_windows"] <= track.dropped
+    # a window the worker took is answered for sure: never dropped
+    s2 = CallSession(ENGINE, SessionLimits(max_pending=2))
+    start(s2)
+    first = []
+    for chunk in (pcm16(with_silence(speech_like(6.0, seed=1)))[i:i + 16000] for i in range(0, 6 * 32000, 16000)):
+        out = s2.receive_audio(chunk)
+        for r in out.requests:
+            if not first:
+                first.append(r.index)
+                s2.taken(r.key, r.index)
+    assert first and first[0] in s2.sessions[0]._outstanding and s2.sessions[0].dropped > 0
+    # a dropped window's result is stale: ignored by index; the kept ones are decided
+    from voxguard.daemon.session import WindowResult
+    assert s.complete(WindowResult(track.key, reqs[0].index)) == []
+    for i in kept:
+        assert [e["type"] for e in s.complete(WindowResult(track.key, i))] == ["identity"]
+    assert track.backlog == 0 and track.scored == 2
+    summary = s.summary("stop")
+    assert summary["windows"] == {"emitted": emitted, "scored": 2, "dropped": emitted - 2}
+    assert summary["realtime"] is True
+
+
+def test_lossless_mode_never_drops():
+    s = CallSession(ENGINE, SessionLimits(max_pending=2))
+    ready = start(s, options={"realtime": False})
+    assert ready[0]["options"]["realtime"] is False
+    withdrawn = []
+    events, reqs = feed(s, pcm16(with_silence(speech_like(6.0, seed=1))), [16000], withdrawn=withdrawn)
+    assert not withdrawn and not [e for e in events if e["type"] == "warning"]
+    assert s.backlog == len(reqs) >= 8  # the server stops reading instead (backpressure)
+    assert s.summary("stop")["windows"]["dropped"] == 0
+
+
+def test_engine_with_a_fake_embedder_and_no_threads():
+    """The whole engine — call, sessions, worker functions — driven by hand, one thread."""
+    from voxguard.daemon import batcher
+    from voxguard.daemon.session import WindowResult
+
+    class FakeEmbedder:
+        calls = 0
+
+        def embed(self, windows):
+            self.calls += 1
+            return np.stack([np.full(4, float(np.abs(w).mean()), np.float32) for w in windows])
+
+    emb = FakeEmbedder()
+    s = CallSession(ENGINE)
+    start(s, claimed_speaker="alice")
+    _, reqs = feed(s, pcm16(with_silence(speech_like(4.0, seed=2))), [3200])
+    assert reqs and all(not r.samples.flags.writeable for r in reqs)
+    with pytest.raises(ValueError):
+        reqs[0].samples[0] = 1.0  # requests are immutable: the worker cannot change a stream's audio
+    results = batcher.score(batcher.embed(emb, reqs), reqs)
+    assert emb.calls == 1 and [r.index for r in results] == [q.index for q in reqs]
+    events = [e for r in results for e in s.complete(r)]
+    assert [e["type"] for e in events] == ["identity", "verification"] * len(reqs)
+    assert s.backlog == 0
+    # a second answer for the same window (e.g. after a withdraw race) is stale
+    assert s.complete(results[0]) == []
+    # an embedder failure is reported for the window's stream only
+    s2 = CallSession(ENGINE)
+    start(s2)
+    _, reqs2 = feed(s2, pcm16(with_silence(speech_like(3.0, seed=4))), [3200])
+    bad = batcher.failed(reqs2[:1], RuntimeError("model broke"))
+    with pytest.raises(RuntimeError, match="model broke"):
+        s2.complete(bad[0])
+
+
+def test_claim_on_a_removed_speaker_is_revoked():
+    from dataclasses import replace
+
+    from voxguard.daemon.session import WindowResult
+
+    s = CallSession(ENGINE)
+    start(s, claimed_speaker="alice")
+    _, reqs = feed(s, pcm16(with_silence(speech_like(4.0, seed=2))), [3200])
+    without_alice = replace(ENGINE.snapshot, _rows={"bob": 0}, revision=7)
+    assert s.store_changed(ENGINE.snapshot) == []  # alice still enrolled: nothing changes
+    warn = s.store_changed(without_alice)
+    assert [w["code"] for w in warn] == ["claimed_speaker_removed"] and "revision 7" in warn[0]["message"]
+    assert s.store_changed(without_alice) == []  # said once
+    verif = [e for r in reqs for e in s.complete(WindowResult(r.key, r.index, claimed_score=0.99))
+             if e["type"] == "verification"]
+    assert verif and all(v["window"]["decision"] == "reject" and v["session"]["decision"] == "reject"
+                         for v in verif)
+    summary = s.summary("stop")
+    assert summary["verification"]["decision"] == "reject" and "removed" in summary["verification"]["revoked"]
 
 
 def test_decision_trackers():
@@ -195,8 +289,8 @@ def test_engine_identifies_and_verifies_an_enrolled_speaker(small_store, embedde
     engine = EngineInfo(embedder=embedder.identity.as_dict(), snapshot=snap)
     target = names[1]
     audio = np.concatenate([load_audio(p).samples for p in held_out(an4_speakers, target)[:3]])
-    batcher = Batcher(embedder, snap, deliver=lambda r: None)
-    s = Session(engine)
+    batcher = Batcher(embedder, deliver=lambda r: None)
+    s = CallSession(engine)
     ready = start(s, claimed_speaker=target, stream_id="an4")
     assert ready[0]["index"]["enrolled_speakers"] == len(names)
     events, jobs = feed(s, pcm16(audio), [3200])
@@ -216,7 +310,7 @@ def test_engine_identifies_and_verifies_an_enrolled_speaker(small_store, embedde
     assert sorted(seqs) == list(range(len(seqs)))
     # an impostor claim is rejected over the session
     other = names[0]
-    s2 = Session(engine)
+    s2 = CallSession(engine)
     start(s2, claimed_speaker=other)
     _, jobs2 = feed(s2, pcm16(audio), [8000])
     verif2 = [e for r in batcher.process(jobs2) for e in s2.complete(r) if e["type"] == "verification"]

@@ -141,3 +141,31 @@ def test_server_shutdown_mid_stream(spare_daemon, call_wav):
     assert "summary (server shut down)" in out
     assert err.strip() == ("voxguard: error: the server shut down the stream before it ended "
                            "(close code 1001 server shutting down)")
+
+
+def test_no_pace_is_lossless_and_real_time_drops_show_in_the_exit_status(client_store, an4_speakers, tmp_path):
+    """A daemon that keeps at most one window per stream outstanding: ``--no-pace`` (the
+    lossless ``realtime: false`` mode) still scores every window — the server stops reading
+    instead — while a real-time stream sent in 10 s blocks loses windows, says so, and
+    exits 9."""
+    from daemon_support import DaemonProcess
+
+    wav = write_wav(tmp_path / "long.wav", held_out_audio(an4_speakers, files=6))
+    d = DaemonProcess(client_store, tokens=(TOKEN,), extra=("--max-pending-windows", "1"))
+    try:
+        r = stream(str(wav), "--url", d.url, "--no-pace", "--json", "--block", "10")
+        assert r.returncode == 0, r.stderr.decode()
+        events = [json.loads(line) for line in r.stdout.decode().splitlines()]
+        assert events[0]["options"]["realtime"] is False
+        summary = events[-1]
+        assert summary["type"] == "summary" and summary["realtime"] is False
+        w = summary["windows"]
+        assert w["dropped"] == 0 and w["scored"] == w["emitted"] >= 20
+        assert sum(e["type"] == "identity" for e in events) == w["emitted"]
+        r = stream(str(wav), "--url", d.url, "--speed", "1000", "--json", "--block", "10")
+        assert r.returncode == 9, r.stderr.decode()
+        summary = json.loads(r.stdout.decode().splitlines()[-1])
+        assert summary["realtime"] is True and summary["windows"]["dropped"] > 0
+        assert "dropped" in r.stderr.decode() and "--no-pace" in r.stderr.decode()
+    finally:
+        d.terminate()

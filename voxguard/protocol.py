@@ -101,6 +101,7 @@ ERRORS: dict[str, ErrorSpec] = {
 
 WARNINGS = {
     "overload": "windows were dropped because the stream's queue of windows waiting for the embedder was full",
+    "claimed_speaker_removed": "the claimed speaker was removed from the store; the claim is rejected from now on",
 }
 
 
@@ -128,9 +129,12 @@ class StreamOptions:
     vad_aggressiveness: int = 2  # webrtcvad mode 0..3
     vad_frame_ms: int = 30  # 10, 20 or 30
     top_k: int = 5  # speakers listed per identity event
+    # True: live audio, windows the embedder cannot keep up with are dropped (and counted);
+    # False: a file sent as fast as possible, the server stops reading instead (lossless)
+    realtime: bool = True
 
     BOUNDS = {"window": (0.5, 10.0), "hop": (0.1, 10.0), "vad_aggressiveness": (0, 3),
-              "vad_frame_ms": (10, 30), "top_k": (1, 20)}
+              "vad_frame_ms": (10, 30), "top_k": (1, 20), "realtime": (False, True)}
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,10 @@ def _parse_options(raw: Any) -> StreamOptions:
     for key in ("vad_aggressiveness", "top_k", "vad_frame_ms"):
         if key in raw:
             d[key] = _int(raw, key, *b[key])
+    if "realtime" in raw:
+        if not isinstance(raw["realtime"], bool):
+            raise ProtocolError("invalid_message", "'realtime' must be true or false")
+        d["realtime"] = raw["realtime"]
     if d["vad_frame_ms"] not in (10, 20, 30):
         raise ProtocolError("invalid_message", "'vad_frame_ms' must be 10, 20 or 30")
     if d["hop"] > d["window"]:
@@ -435,7 +443,8 @@ SCHEMAS: dict[str, dict] = {
                 "hop": {"type": "number", "minimum": 0.1, "maximum": 10},
                 "vad_aggressiveness": {"type": "integer", "minimum": 0, "maximum": 3},
                 "vad_frame_ms": {"enum": [10, 20, 30]},
-                "top_k": {"type": "integer", "minimum": 1, "maximum": 20}}}}},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 20},
+                "realtime": {"type": "boolean"}}}}},
     "stop": {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "stop", "type": "object",
              "required": ["type"], "additionalProperties": False, "properties": {"type": {"const": "stop"}}},
     "subscribe": {
