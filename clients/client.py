@@ -61,7 +61,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from voxguard.audio import float_to_pcm16, int16_to_float
 from voxguard.errors import VoxguardError
-from voxguard.protocol import (ENCODINGS, MAX_STREAM_ID, ProtocolError, Start, StreamOptions,
+from voxguard.protocol import (ENCODINGS, wire_json, MAX_STREAM_ID, ProtocolError, Start, StreamOptions,
                                parse_client_text)
 
 from .events import Error, Event, Ready, Reconnected, Summary, parse_event
@@ -283,7 +283,7 @@ class StreamConnection:
     async def send_stop(self) -> None:
         if not self.stop_sent:
             self.stop_sent = True
-            await self.ws.send(json.dumps({"type": "stop"}))
+            await self.ws.send(wire_json({"type": "stop"}))
 
     async def aclose(self) -> None:
         try:

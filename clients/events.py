@@ -8,11 +8,11 @@ later protocol revision is lost).  Nested objects (``top``, ``decision``, ``sess
 
 from __future__ import annotations
 
-import json
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from voxguard.protocol import parse_event as _decode
+from voxguard.protocol import wire_json
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Event:
     @property
     def json(self) -> str:
         """The event as JSON (the server's object, re-serialised)."""
-        return json.dumps(self.raw)
+        return wire_json(self.raw)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from voxguard.protocol import MonitorFilter, ProtocolError, parse_monitor_query
+from voxguard.protocol import MonitorFilter, ProtocolError, parse_monitor_query, wire_json
 
 from .client import ConnectFailed, ConnectionLost, ServerError, _http_failure
 from .events import Error, from_dict
@@ -54,7 +54,7 @@ async def watch(url: str, flt: MonitorFilter, token: str | None = None, as_json:
                 if isinstance(ev, Error) and not ev.stream_id:
                     raise ServerError(ev)
                 if as_json:
-                    print(json.dumps(d), file=out, flush=True)
+                    print(wire_json(d), file=out, flush=True)
                 else:
                     line = views.setdefault(ev.stream_id, LiveView()).render(ev)
                     if line is not None:

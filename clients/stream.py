@@ -22,7 +22,6 @@ Exit codes (also for ``voxguard mic``):
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import ssl
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TextIO
 
 from voxguard.errors import VoxguardError
+from voxguard.protocol import wire_json
 
 from .client import Client, ClientError, ServerError
 from .events import Event, Reconnected, Summary
@@ -142,7 +142,7 @@ async def run_job(job: StreamJob, *, handle_sigint: bool = True, interrupted_exi
             _show(event, view, job)
     except ServerError as e:
         if job.json:
-            _print(json.dumps(e.event.raw), job.out)
+            _print(wire_json(e.event.raw), job.out)
         raise
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
@@ -164,7 +164,7 @@ def _show(event: Event, view: LiveView, job: StreamJob) -> None:
         if isinstance(event, Reconnected):  # not a server event: a note on stderr
             _print(f"voxguard: reconnected as stream {event.stream_id}: {event.reason}", job.err)
         else:
-            _print(json.dumps(event.raw), job.out)
+            _print(wire_json(event.raw), job.out)
         return
     line = view.render(event)
     if line is not None:

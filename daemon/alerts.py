@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import time
 import urllib.error
@@ -31,7 +30,7 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass
 
-from voxguard.protocol import CLONE_LEVELS
+from voxguard.protocol import CLONE_LEVELS, wire_json
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class WebhookSender:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def submit(self, alert: dict) -> None:
-        body = json.dumps({**alert, "sent_at": round(time.time(), 3)}).encode()
+        body = wire_json({**alert, "sent_at": round(time.time(), 3)}).encode()
         for u in self.urls:
             q = self._queues[u]
             if len(q) >= self.queue_size:

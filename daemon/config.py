@@ -124,8 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     net.add_argument("--tls-cert", metavar="PEM", default=env("VOXGUARD_TLS_CERT"), help="serve wss:// and https://")
     net.add_argument("--tls-key", metavar="PEM", default=env("VOXGUARD_TLS_KEY"), help="private key for --tls-cert")
     net.add_argument("--allow-origin", metavar="ORIGIN", action="append", default=None,
-                     help="browser Origin allowed to open streams (repeatable; default: any, and "
-                          "clients that send no Origin are always allowed)")
+                     help="browser Origin allowed besides the daemon's own (repeatable; '*' = any; default: "
+                          "same origin only; clients that send no Origin are always allowed)")
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-streams", type=int, default=64, help="concurrent streams (default 64)")
     lim.add_argument("--max-frame-bytes", type=int, default=1 << 20, help="largest binary message (default 1 MiB)")

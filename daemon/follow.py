@@ -11,6 +11,10 @@ from the loaded snapshot's, so notifications that arrive during a reload are nev
 (they are coalesced: one reload catches up with all of them, and a reload that took d
 seconds is followed by at least d seconds without one).
 
+A store that vanishes after it was loaded (its SQLite file deleted or moved away) is such a
+failure too — never a reason to serve an empty index — and a file replaced by another one is
+re-opened (the open connection would go on reading the old one).
+
 When the store cannot be read (the database went away, a reload failed), the daemon keeps
 serving every stream from the snapshot it has, reports ``degraded`` with the reason on
 ``/readyz``, counts each failure in ``voxguard_store_errors_total`` and reconnects by
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Awaitable, Callable
 
@@ -47,6 +52,7 @@ class StoreFollower:
         self.store_revision: int | None = None
         self.checked_at: float | None = None
         self._store: Store | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the SQLite file the store was opened on
         self._calm_until = 0.0  # no reload before this (monotonic): see _check
 
     @property
@@ -61,19 +67,48 @@ class StoreFollower:
 
     def _open(self) -> Store | None:
         try:
+            self._file = self._file_id()
             return self.location.open(create=False, readonly=True)
-        except StoreMissing:
+        except (StoreMissing, FileNotFoundError):
             return None
+
+    def _file_id(self) -> tuple[int, int] | None:
+        """(device, inode) of an SQLite store's file (FileNotFoundError when it is gone); None for PostgreSQL."""
+        if self.location.engine != "sqlite":
+            return None
+        st = os.stat(self.location.target)
+        return st.st_dev, st.st_ino
+
+    def _missing(self) -> StoreMissing:
+        return StoreMissing(f"store {self.location} is missing (deleted or moved away); serving the loaded "
+                            f"index (revision {self._loaded()[1]}) until it is back")
+
+    async def _reopen_if_moved(self) -> None:
+        """An SQLite connection keeps reading a file that was deleted or replaced: look at the path."""
+        try:
+            now = await asyncio.to_thread(self._file_id)
+        except FileNotFoundError:
+            raise self._missing() from None
+        if now != self._file:
+            log.info("store %s was replaced by another file: reopening it", self.location)
+            self._drop_store()
+            self._store = await asyncio.to_thread(self._open)
+            if self._store is None:
+                raise self._missing()
 
     async def _check(self) -> None:
         if self._store is None:
             self._store = await asyncio.to_thread(self._open)
-            if self._store is None:  # nothing enrolled yet: served empty, not a failure
+            if self._store is None:
+                if self._loaded()[0] is not None:  # it was there: it vanished, which is a failure
+                    raise self._missing()
+                # nothing enrolled yet: served empty, not a failure
                 self._mark("missing", None)
                 await asyncio.sleep(self.interval)
                 return
         else:
             await asyncio.to_thread(self._store.wait_for_change, self.interval)
+            await self._reopen_if_moved()
         store_id, revision = await asyncio.to_thread(self._store.state)
         self.store_revision = revision
         if (store_id, revision) != self._loaded():

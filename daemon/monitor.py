@@ -16,10 +16,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 
-from voxguard.protocol import CLONE_LEVELS, MonitorFilter
+from voxguard.protocol import CLONE_LEVELS, MonitorFilter, wire_json
 
 SCORE_HISTORY = 30  # window scores kept per channel for the monitor page's sparkline
 REPLAY_TYPES = ("identity", "verification", "clone_suspicion")
@@ -169,6 +168,6 @@ class MonitorHub:
     def publish(self, ev: dict) -> None:
         if not self.subscribers:
             return
-        text = json.dumps(ev)
+        text = wire_json(ev)
         for sub in list(self.subscribers):
             sub.offer(ev, text)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import http
-import json
 import logging
 import os
 import signal
@@ -38,14 +37,16 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from voxguard.errors import StoreMissing
 from voxguard.protocol import (ERRORS, MONITOR_PATH, STREAM_PATH, TWILIO_PATH, ProtocolError, parse_monitor_query,
-                               parse_subscribe)
+                               parse_subscribe, wire_json)
 
 from .alerts import AlertRules, WebhookSender
 from .batcher import Batcher
 from .call import CallSession
 from .config import ConfigError, ServeConfig
 from .follow import StoreFollower
+from .http_input import BodyTolerantConnection, origin_refusal
 from .metrics import DaemonMetrics
 from .monitor import CallState, MonitorHub
 from .session import EngineInfo, Output, WindowResult
@@ -61,6 +62,7 @@ SEND_BUFFER = 128 * 1024  # kernel send buffer per stream (events are small: ~10
 MAX_OUTBOX = 1000  # events waiting to be written to one client before it counts as a slow consumer
 DRAIN_TIMEOUT = 60.0  # seconds to wait for a stream's in-flight windows at stop / shutdown
 SHUTDOWN_TIMEOUT = 90.0
+RETRY_AFTER = "5"  # seconds, on the 503s answered while shutting down
 
 
 class Notifier:
@@ -94,7 +96,11 @@ def _response(status: int, body: bytes, content_type: str, extra: dict | None = 
 
 
 def _json(status: int, data: dict, extra: dict | None = None) -> Response:
-    return _response(status, (json.dumps(data) + "\n").encode(), "application/json", extra)
+    return _response(status, (wire_json(data) + "\n").encode(), "application/json", extra)
+
+
+def _shutting_down() -> Response:
+    return _json(503, {"error": "shutting down"}, {"Retry-After": RETRY_AFTER})
 
 
 class Stream:
@@ -218,7 +224,7 @@ class Stream:
             event, received_at = item
             try:
                 async with asyncio.timeout(timeout):
-                    await self.ws.send(json.dumps(event))
+                    await self.ws.send(wire_json(event))
             except TimeoutError:
                 self.slow_consumer()
                 return
@@ -352,6 +358,10 @@ class Daemon:
             self.notifier.reloading()
             try:
                 snap = await asyncio.to_thread(self._load)
+                if snap.store_id is None and self.snapshot.store_id is not None:
+                    # load_snapshot serves a store that was never there as empty; one that vanished is an error
+                    raise StoreMissing(f"store {self.config.store} is missing (it was at revision "
+                                       f"{self.snapshot.revision}); keeping the loaded index")
             except Exception as e:
                 self.metrics.reloads.labels("failed").inc()
                 log.error("reload failed, keeping the current index: %s", getattr(e, "message", e))
@@ -429,14 +439,21 @@ class Daemon:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path, method = url.path, request.method
+        refused = getattr(connection, "request_body", None) and connection.request_body.refusal()
+        if refused:
+            return _json(refused[0], {"error": refused[1]}, {"Connection": "close"})
+        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH, "/admin/reload"):
+            bad_origin = origin_refusal(request.headers, self.config.allow_origins)
+            if bad_origin is not None:
+                return _json(403, {"error": bad_origin})
         if path == TWILIO_PATH and method == "GET" and self.config.auth_required \
                 and self._token_ok(request, query) is None:
             # Twilio drops query strings: the token may come in the start message (checked there)
-            return None if self.ready else _json(503, {"error": "shutting down"})
+            return None if self.ready else _shutting_down()
         if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH) and method == "GET":
             denied = self._auth_failure(request, query)
             if denied is None and not self.ready:
-                return _json(503, {"error": "shutting down"})
+                return _shutting_down()
             return denied  # None: go on with the WebSocket handshake
         if path == "/admin/reload":
             if method != "POST":
@@ -446,6 +463,8 @@ class Daemon:
                 return denied
             try:
                 return _json(200, {"reloaded": True, "index": await self.reload()})
+            except StoreMissing as e:
+                return _json(503, {"reloaded": False, "error": e.message, "store": "missing"})
             except Exception as e:
                 return _json(500, {"reloaded": False, "error": str(getattr(e, "message", e))})
         if method != "GET":
@@ -461,7 +480,9 @@ class Daemon:
                     "embedder": self.engine_info().embedder if self.batcher else None,
                     "index": self.snapshot.info() if self.batcher else None, "store": self.follower.status(),
                     "active_streams": len(self.streams)}
-            return _json(200 if self.ready else 503, body)
+            if not self.ready:
+                body["reason"] = "shutting down" if self._stop.is_set() else "starting"
+            return _json(200 if self.ready else 503, body, None if self.ready else {"Retry-After": RETRY_AFTER})
         if path == CALLS_PATH:
             denied = self._auth_failure(request, query)
             if denied is not None:
@@ -497,7 +518,7 @@ class Daemon:
                                                f"streams; try again later" if self.ready else "shutting down")
             self.metrics.errors.labels(err.code).inc()
             try:
-                await ws.send(json.dumps(stream.session.error_event(err)))
+                await ws.send(wire_json(stream.session.error_event(err)))
                 await ws.close(err.close_code, err.code)
             except ConnectionClosed:
                 pass
@@ -521,7 +542,7 @@ class Daemon:
             ev = {"type": "error", "stream_id": "", "seq": seq, "time": 0.0, "code": err.code,
                   "message": err.message, "close_code": err.close_code}
             try:
-                await ws.send(json.dumps(ev))
+                await ws.send(wire_json(ev))
                 await ws.close(err.close_code, err.code)
             except ConnectionClosed:
                 pass
@@ -540,7 +561,7 @@ class Daemon:
         def replay() -> None:
             for st in list(self.streams.values()):
                 for ev in st.state.replay():
-                    sub.offer(ev, json.dumps(ev))
+                    sub.offer(ev, wire_json(ev))
 
         async def reader() -> None:
             async for msg in ws:
@@ -615,12 +636,12 @@ class Daemon:
             self.webhooks = WebhookSender(list(cfg.webhooks), cfg.webhook_secret, cfg.webhook_timeout,
                                           metrics=self.metrics)
             self.webhooks.start()
-        origins = [*cfg.allow_origins, None] if cfg.allow_origins else None
         limit = cfg.limits.max_frame_bytes
-        try:
+        try:  # origins: checked in process_request (same origin, or --allow-origin)
             self._server = await serve(
-                self.handler, cfg.host, cfg.port, process_request=self.process_request, origins=origins,
-                compression=None, max_size=max(2 * limit, 1 << 16), ssl=self._ssl(), server_header="voxguard")
+                self.handler, cfg.host, cfg.port, process_request=self.process_request,
+                create_connection=BodyTolerantConnection, compression=None, max_size=max(2 * limit, 1 << 16),
+                ssl=self._ssl(), server_header="voxguard")
         except OSError as e:
             self.batcher.stop()
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
@@ -651,13 +672,13 @@ class Daemon:
         """Stop accepting, finish in-flight windows, send summaries, close streams with 1001."""
         log.info("shutting down: %d stream(s) open", len(self.streams))
         self.notifier.notify("STOPPING=1")
-        self.ready = False
-        self._server.close(close_connections=False)
+        self.ready = False  # the listener stays open: handshakes and /readyz get 503 while streams drain
         for stream in list(self.streams.values()):
             stream.request_shutdown()
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT
         while self.streams and time.monotonic() < deadline:  # monitors see the streams' summaries
             await asyncio.sleep(0.05)
+        self._server.close(close_connections=False)
         for sub in list(self.hub.subscribers):
             sub.close()
         if self.webhooks is not None:

@@ -15,7 +15,7 @@ from voxguard.clone_detection import CloneDetector
 from voxguard.embedders.base import EmbedderIdentity
 from voxguard.index import SpeakerIndex
 from voxguard.llr import TrialCalibration
-from voxguard.errors import StoreMissing
+from voxguard.errors import StoreMissing, StoreReadOnly
 from voxguard.scoring import Calibration, SpeakerScorer, Thresholds, load_calibration
 from voxguard.store import StoreLocation, parse_store_location
 
@@ -76,7 +76,11 @@ def load_snapshot(location: StoreLocation | str | Path, identity: EmbedderIdenti
     """
     location = parse_store_location(location)
     try:
-        store = location.open(create=False, readonly=location.engine != "sqlite")
+        try:
+            store = location.open(create=False, readonly=location.engine != "sqlite")
+        except StoreReadOnly as e:  # a store on a read-only mount is served as it is
+            log.info("%s", e.message)
+            store = location.open(create=False, readonly=True)
     except StoreMissing:
         log.warning("no store at %s yet: serving with no enrolled speakers", location)
         cal = load_calibration(None, identity)

@@ -44,8 +44,8 @@ def spare_daemon(client_store):
     """A daemon of its own, for tests that kill or shut it down mid-stream (no token)."""
     started: list[DaemonProcess] = []
 
-    def start(port: int = 0) -> DaemonProcess:
-        d = DaemonProcess(client_store, port=port)
+    def start(port: int = 0, extra: tuple[str, ...] = ()) -> DaemonProcess:
+        d = DaemonProcess(client_store, port=port, extra=extra)
         started.append(d)
         return d
 

@@ -96,7 +96,7 @@ def test_connection_refused_is_shown(browser, daemon, case):
 
 
 def test_server_shutdown_mid_stream_is_shown(browser, daemon, spare_daemon):
-    d = spare_daemon()
+    d = spare_daemon(extra=("--allow-origin", daemon.http))  # a page of another origin must be allowed
     page = browser.new_page()
     page.goto(f"{daemon.http}/?url={d.url}")  # the page from one daemon, the stream to another
     page.click("#toggle")

@@ -31,6 +31,10 @@ class StoreMissing(StoreError):
     kind = "StoreError"  # as before this class existed
 
 
+class StoreReadOnly(StoreError):
+    """The store can be read but not written (a read-only file system, file or directory)."""
+
+
 class EmbedderMismatch(StoreError):
     """Embeddings from a different embedder would be mixed into a store."""
 

@@ -34,6 +34,31 @@ CHANNELS = (1, 2)
 MAX_STREAM_ID = 128
 MAX_SPEAKER_NAME = 200
 
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf; numpy floats included) replaced by
+    ``None``, in nested dicts, lists and tuples: what JSON can represent."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if type(obj).__module__ == "numpy":  # numpy scalars (np.float32 is not a float subclass)
+        if hasattr(obj, "dtype") and getattr(obj, "ndim", 0) == 0 and obj.dtype.kind == "f":
+            v = float(obj)
+            return v if math.isfinite(v) else None
+        if hasattr(obj, "tolist"):
+            return finite_json(obj.tolist())
+    return obj
+
+
+def wire_json(obj: Any) -> str:
+    """The one JSON encoding of everything voxguard writes to a wire (events, HTTP bodies,
+    the monitor feed, webhooks, client messages): strict JSON, non-finite floats as ``null``
+    (``json.dumps`` would write ``NaN``/``Infinity``, which JSON parsers reject)."""
+    return json.dumps(finite_json(obj), allow_nan=False)
+
 # -- client -> server ---------------------------------------------------------------------
 CLIENT_TYPES = ("start", "stop")
 # -- monitor client -> server -------------------------------------------------------------
@@ -167,13 +192,13 @@ class Start:
         changed = {k: v for k, v in opts.items() if v != defaults[k]}
         if changed:
             d["options"] = changed
-        return json.dumps(d)
+        return wire_json(d)
 
 
 @dataclass(frozen=True)
 class Stop:
     def to_json(self) -> str:
-        return json.dumps({"type": "stop"})
+        return wire_json({"type": "stop"})
 
 
 ClientMessage = Start | Stop
@@ -351,7 +376,7 @@ class MonitorFilter:
         return q
 
     def to_json(self) -> str:
-        return json.dumps({"type": "subscribe", "stream_ids": sorted(self.stream_ids), "types": sorted(self.types),
+        return wire_json({"type": "subscribe", "stream_ids": sorted(self.stream_ids), "types": sorted(self.types),
                            "min_clone_level": self.min_clone_level})
 
 

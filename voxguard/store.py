@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import re
 import sqlite3
 import time
@@ -33,7 +35,9 @@ import soundfile as sf
 
 from . import SAMPLE_RATE
 from .embedders.base import EmbedderIdentity
-from .errors import EmbedderMismatch, StoreError, StoreMissing, UnknownSpeaker
+from .errors import EmbedderMismatch, StoreError, StoreMissing, StoreReadOnly, UnknownSpeaker
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = ("1", "2")  # version 1 lacks sample_views; it is migrated on the first write open
@@ -456,8 +460,32 @@ class Store(ABC):
         return (row[0], json.loads(row[1]), bytes(row[2]) if row[2] is not None else None) if row else None
 
 
+def read_only_reason(path: Path) -> str | None:
+    """Why an SQLite store at ``path`` (an existing file) cannot be written, or None.  SQLite
+    writes the file and, in WAL mode, creates ``-wal``/``-shm`` files beside it (even to read,
+    when they are not there), so the directory counts too."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(path, os.W_OK):
+        return "the file is not writable"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return "its directory is not writable"
+    return None
+
+
 class SpeakerStore(Store):
-    """A voxguard store in one SQLite file."""
+    """A voxguard store in one SQLite file.
+
+    A store that cannot be written (read-only mount, file or directory: :func:`read_only_reason`)
+    opens for reading only: ``readonly=True`` reads it (as an immutable file when SQLite could
+    not otherwise read a WAL database there: it cannot create the ``-shm`` file), and a write
+    open (``readonly=False``) raises :class:`~voxguard.errors.StoreReadOnly`.
+    """
+
+    immutable = False  # opened with SQLite's immutable=1 (a read-only location SQLite could not read otherwise)
 
     def __init__(self, path: str | Path, create: bool = True, readonly: bool = False):
         self.path = Path(path).expanduser()
@@ -469,18 +497,23 @@ class SpeakerStore(Store):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a voxguard store")
-        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-        try:
-            self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open store {self.path}: {e}") from None
+        elif not readonly and (why := read_only_reason(self.path)):
+            raise StoreReadOnly(f"store {self.path} is read-only ({why}): it can be read (served, listed) but "
+                                f"not changed; enroll into a writable copy and point the daemon at it")
+        self._db = self._connect(readonly)
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as e:
             self._db.close()
-            raise StoreError(f"{self.path} is not a voxguard store: not an SQLite database ({e})") from None
+            why = read_only_reason(self.path) if readonly else None
+            if why is None or not self._readable_immutable():
+                raise StoreError(f"{self.path} is not a voxguard store: not an SQLite database ({e})") from None
+            # a WAL database whose -shm file cannot be created: nobody can write it through this
+            # path, so it is read as an immutable file (a reopen sees what changed)
+            log.info("store %s is read-only (%s): reading it as an immutable file", self.path, why)
+            self._db = self._connect(readonly, immutable=True)
+            self.immutable = True
         try:
             self._check_or_init(readonly)
         except BaseException:
@@ -489,6 +522,28 @@ class SpeakerStore(Store):
 
     def _execute(self, sql: str, args: tuple | list = ()):
         return self._db.execute(sql, args)
+
+    def _connect(self, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        if immutable:
+            uri += "&immutable=1"
+        try:
+            return sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open store {self.path}: {e}") from None
+
+    def _readable_immutable(self) -> bool:
+        try:
+            db = self._connect(True, immutable=True)
+        except StoreError:
+            return False
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return True
+        except sqlite3.DatabaseError:
+            return False
+        finally:
+            db.close()
 
     # -- lifecycle -----------------------------------------------------------------
     def _check_or_init(self, readonly: bool) -> None:
@@ -547,6 +602,9 @@ class SpeakerStore(Store):
     def wait_for_change(self, timeout: float) -> None:
         """SQLite has no notifications: a follower polls (``revision`` is one indexed read)."""
         time.sleep(timeout)
+        if self.immutable:  # SQLite caches an immutable file: reopen to see a change (a remount)
+            db, self._db = self._db, self._connect(True, immutable=True)
+            db.close()
 
     def _size_bytes(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
