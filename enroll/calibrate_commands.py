@@ -134,7 +134,8 @@ def cmd_calibrate(ctx) -> int:
     summary = {"calibration_id": cid, "backend": d["backend"], "thresholds": th, "speakers": d["speakers"],
                "genuine_samples": d["genuine_samples"], "clone_samples": d["clone_samples"],
                "cosine_reference": {k: d["cosine_reference"][k] for k in ("eer", "eer_threshold", "min_dcf")},
-               "decisions": d.get("decisions"), "figures": d.get("figures"), "seconds": d["seconds"]}
+               "decisions": d.get("decisions"), "figures": d.get("figures"), "seconds": d["seconds"],
+               "warnings": d.get("warnings", [])}
     pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
     lines = [f"{'dry run: ' if a.dry_run else ''}calibration"
              f"{'' if cid is None else f' #{cid}'}: {d['speakers']} speakers, {d['genuine_samples']} genuine "
@@ -158,6 +159,7 @@ def cmd_calibrate(ctx) -> int:
         if entry.get("session"):
             lines.append(f"  {'session':>9}/{band:<9} " + "  ".join(
                 f"n={c['windows']}: FRR {pct(c['frr'])}" for c in entry["session"][:6]))
+    lines += [f"  warning: {w}" for w in d.get("warnings", [])]
     if d.get("figures"):
         lines.append("  figures: " + ", ".join(p for k, v in d["figures"].items() if k != "tsne_speakers" for p in v))
     ctx.emit(summary, "\n".join(lines))

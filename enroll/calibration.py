@@ -44,6 +44,7 @@ ASNORM_BOUND_PERCENTILE = 5.0
 MIN_BIN_TARGETS = 30  # a trial length (session n, utterance window bin) is calibrated on its own
 MIN_BIN_NONTARGETS = 300  # only with at least these many trials
 MIN_CROSS_FIT_SPEAKERS = 6
+MIN_TRAINED_BACKEND_SPEAKERS = 20  # below this, a trained backend (WCCN, AS-norm cohort) fits the few speakers
 
 
 class CalibrationError(VoxguardError):
@@ -452,6 +453,7 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
                              "distributions": {"same": summarise(cosine.same),
                                                "different": summarise(cosine.different),
                                                "clone": summarise(cosine.clone)}},
+        "warnings": calibration_warnings(len(names), folds, backend.name),
         "speakers": int(len(names)),
         "speakers_single_sample": int((counts < 2).sum()),
         "genuine_samples": int(len(inp.gen_x)),
@@ -459,6 +461,19 @@ def calibrate_input(inp: CalibrationInput, config: CalibrationConfig) -> Calibra
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return CalibrationResult(data, backend, trials, cosine)
+
+
+def calibration_warnings(speakers: int, folds: int, backend: str) -> list[str]:
+    """What a user should know about how far this calibration's stated figures can be trusted."""
+    out = []
+    if folds == 1 and backend != "cosine":
+        out.append(f"calibrated in-sample: cross-fitting needs at least {MIN_CROSS_FIT_SPEAKERS} speakers and the "
+                   f"store has {speakers}, so the stated FAR/FRR are optimistic")
+    if backend != "cosine" and speakers < MIN_TRAINED_BACKEND_SPEAKERS:
+        out.append(f"the {backend} backend is trained on only {speakers} speakers (fewer than "
+                   f"{MIN_TRAINED_BACKEND_SPEAKERS}): it may fit them rather than speakers in general; enroll more "
+                   f"speakers, or calibrate with --backend cosine")
+    return out
 
 
 def band_views(store: Store, embedder=None, save: bool = True) -> dict:

@@ -119,6 +119,18 @@ def test_calibrate_saves_thresholds_that_match_the_stored_scores(store_path):
     with SpeakerStore(store_path, readonly=True) as store:
         t = thresholds_for(store)
     assert (t.accept, t.backend, t.source) == (th["accept"], "wccn+asnorm", f"calibration #{cid}")
+    assert data["warnings"] == []  # 36 speakers, cross-fitted: nothing to warn about
+
+
+def test_calibration_warns_when_its_figures_cannot_be_trusted():
+    from voxguard.enroll.calibration import calibration_warnings
+
+    assert calibration_warnings(36, 5, "wccn+asnorm") == []
+    assert calibration_warnings(4, 1, "cosine") == []  # raw cosine needs no training
+    few = calibration_warnings(8, 4, "wccn+asnorm")
+    assert len(few) == 1 and "only 8 speakers" in few[0] and "--backend cosine" in few[0]
+    tiny = calibration_warnings(4, 1, "wccn+asnorm")
+    assert len(tiny) == 2 and "in-sample" in tiny[0]
 
 
 def test_backend_round_trips_through_the_store(store_path):
