@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from voxguard.enroll.enrollment import Enroller
 from voxguard.store import SpeakerStore
 
@@ -34,6 +36,14 @@ def build_store(path: Path, embedder, an4_speakers: dict[str, list[Path]], speak
 def held_out(an4_speakers: dict[str, list[Path]], name: str, files: int = FILES_PER_SPEAKER) -> list[Path]:
     """Utterances of ``name`` that were not enrolled."""
     return an4_speakers[name][files:]
+
+
+def held_out_pcm(an4_speakers: dict[str, list[Path]], name: str, utterances: int) -> bytes:
+    """16-bit PCM (16 kHz) of ``utterances`` held-out utterances of ``name``, concatenated."""
+    from voxguard.audio import load_audio
+
+    audio = np.concatenate([load_audio(p).samples for p in held_out(an4_speakers, name)[:utterances]])
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 START_TIMEOUT = 120.0

@@ -21,7 +21,7 @@ import jsonschema
 import numpy as np
 import pytest
 from conftest import speech_like
-from daemon_support import DaemonProcess, build_store, held_out
+from daemon_support import DaemonProcess, build_store, held_out_pcm
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -106,8 +106,7 @@ def daemon(store, tmp_path_factory):
 def utterances(store, an4_speakers):
     """16-bit PCM (16 kHz) of three held-out utterances of the second enrolled speaker."""
     _, names = store
-    audio = np.concatenate([load_audio(p).samples for p in held_out(an4_speakers, names[1])[:3]])
-    return names[1], (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    return names[1], held_out_pcm(an4_speakers, names[1], 3)
 
 
 # -- client helpers ---------------------------------------------------------------------------------

@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_support import DaemonProcess, build_store, held_out
+from daemon_support import DaemonProcess, build_store, held_out_pcm
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from voxguard.audio import load_audio
 from voxguard.protocol import wire_json
 
 pytestmark = [pytest.mark.an4, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -69,8 +68,7 @@ def daemon(store):
 def pcm(store, an4_speakers):
     """16-bit PCM (16 kHz) of two held-out utterances of the second enrolled speaker."""
     _, names = store
-    audio = np.concatenate([load_audio(p).samples for p in held_out(an4_speakers, names[1])[:2]])
-    return names[1], (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    return names[1], held_out_pcm(an4_speakers, names[1], 2)
 
 
 def http_get(d: DaemonProcess, path: str, method: str = "GET", headers: dict | None = None,
@@ -94,6 +92,17 @@ def start_msg(stream_id: str, **over) -> str:
                        "stream_id": stream_id, **over})
 
 
+async def read_events(ws) -> list[dict]:
+    """Every event until the server closes, each parsed strictly (no NaN)."""
+    events = []
+    try:
+        async for msg in ws:
+            events.append(strict_loads(msg))
+    except ConnectionClosed:
+        pass
+    return events
+
+
 async def run_stream(url: str, pcm: bytes, stream_id: str, **start) -> tuple[list[dict], int]:
     """Send ``pcm`` (8x real time) and stop; every event (parsed strictly) and the close code."""
     async with connect(url, max_size=None) as ws:
@@ -103,12 +112,7 @@ async def run_stream(url: str, pcm: bytes, stream_id: str, **start) -> tuple[lis
             await ws.send(pcm[i:i + step])
             await asyncio.sleep(step / 2 / 16000 / 8)
         await ws.send('{"type": "stop"}')
-        events = []
-        try:
-            async for msg in ws:
-                events.append(strict_loads(msg))
-        except ConnectionClosed:
-            pass
+        events = await read_events(ws)
         return events, ws.close_code
 
 
@@ -364,12 +368,7 @@ def test_shutdown_answers_503_until_streams_drained(daemon, pcm):
         monitor = await handshake_status(f"ws://127.0.0.1:{daemon.port}/v1/monitor")
         alive = daemon.proc.poll() is None
         ws.transport.resume_reading()
-        events = []
-        try:
-            async for msg in ws:
-                events.append(strict_loads(msg))
-        except ConnectionClosed:
-            pass
+        events = await read_events(ws)
         return ready, handshake, monitor, alive, events, ws.close_code
 
     ready, handshake, monitor, alive, events, close = asyncio.run(scenario())
