@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .blas import single_threaded_blas
 from .countermeasure import FEATURE_VERSION as CM_FEATURE_VERSION
 from .countermeasure import countermeasure_from_dict
 from .index import SearchResult, SpeakerScore
@@ -419,6 +420,7 @@ class CloneDetector:
                         intercept=round(fusion.intercept, 3), fusion=name, detector=self.source)
         return CloneAssessment(sigmoid(llr), level_for(llr, edges), target.speaker, evidence, llr, self.session)
 
+    @single_threaded_blas
     def assess_batch(self, results: list[SearchResult], claimed: list[str | None],
                      audio: list[np.ndarray] | None = None, window: bool = False) -> list[CloneAssessment]:
         """:meth:`assess` of each result, batched: the countermeasure scores every audio in one
