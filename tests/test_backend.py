@@ -199,3 +199,20 @@ def test_batched_search_equals_the_per_window_reference():
                 assert a.cosine == pytest.approx(b.cosine, abs=1e-6)
         assert any(s.best_clone is not None for res in got for s in res.speakers)
     assert calibration.trial("window") is trial
+
+
+def test_single_threaded_blas_nests_and_restores():
+    from threadpoolctl import threadpool_info
+
+    from voxguard.blas import single_threaded
+
+    def blas_threads():
+        return [m["num_threads"] for m in threadpool_info() if m["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_threaded():
+        assert all(n == 1 for n in blas_threads())
+        with single_threaded():
+            assert all(n == 1 for n in blas_threads())
+        assert all(n == 1 for n in blas_threads())  # the outer block still holds the limit
+    assert blas_threads() == before
