@@ -3,8 +3,8 @@ real WebSockets against a real daemon subprocess.
 
 Phases, in one run:
 
-1. **raw** — the embedder alone, in this process before the daemon starts: windows/s at
-   batch sizes 1, 8, 32, 64 (1.5 s windows).
+1. **raw** — the embedder alone, in this process (the daemon idle, right before the
+   saturation phase): windows/s at batch sizes 1, 8, 32, 64 (1.5 s windows).
 2. **real time** — N streams, each sending 100 ms of 16-bit PCM every 100 ms (held-out AN4
    utterances of an enrolled speaker, back to back).  Per identity event, the latency from
    the moment the chunk holding the window's last sample was sent to the moment the
@@ -15,9 +15,27 @@ Phases, in one run:
    sustained embedding rate (``voxguard_windows_embedded_total`` over the phase) and its
    ratio to the raw batch-64 rate.
 
-The store (all AN4 speakers x 5 utterances) is built once and cached in the work dir.
+0. **event-loop stall** (first, on the idle daemon) — a ``/healthz`` probe every 2 ms while
+   one client sends a single maximum-size frame (``--max-frame-bytes``, 1 MiB): the largest
+   probe round trip over the typical one is how long handling that one message blocked the
+   daemon's event loop (target <= 10 ms).
+
+Each phase runs per **deployment** (``--deployment``, default both, reported side by side):
+
+* ``plain`` — all AN4 speakers x 5 utterances, never calibrated (the shipped default
+  calibration, raw cosine), no known clones: clone level ``unavailable``;
+* ``recommended`` — what the README recommends: speakers enrolled with their audio, known
+  vocoder clones of every third speaker, ``voxguard calibrate`` with the default backend
+  (AS-norm) which also trains the clone detector (``lfcc-cnn``); every window then runs the
+  countermeasure and the fusion.  ``--quick``: 24 speakers.
+
+Stores are built once and cached in the work dir (the recommended one calibrates for minutes:
+reruns reuse it).  ``last.json`` holds, per deployment, ``ratio`` (saturated window rate /
+raw batch-64 rate measured in the same run), ``raw_rate``, ``realtime`` (``latency_ms``
+p50/p95/p99, ``streams_kept_up``, ``dropped``, ...), ``saturation`` and ``event_loop``.
 
     .venv/bin/python bench/bench_daemon.py --streams 48 --duration 40
+    .venv/bin/python bench/bench_daemon.py --streams 8 --duration 10 --saturate 5 --quick   # smoke
 """
 
 from __future__ import annotations
@@ -41,9 +59,18 @@ AN4 = Path(os.environ.get("VOXGUARD_AN4", REPO.parent / "shared" / "datasets" / 
 ENROLL_PER_SPEAKER = 5
 CHUNK_S = 0.1
 RATE = 16000
+QUICK_SPEAKERS = 24
+TARGET_RATIO = {"plain": 0.9, "recommended": 0.8}
+CLONES_PER_SPEAKER = 3
+
+
+def an4_speakers() -> list[str]:
+    return sorted(d.name for d in AN4.iterdir() if d.is_dir())
 
 
 def build_store(work: Path, embedder_name: str, device: str) -> Path:
+    """The plain deployment: every AN4 speaker x 5 utterances, never calibrated (the shipped
+    default calibration, raw cosine), no known clones (clone level ``unavailable``)."""
     from voxguard.embedders import create_embedder
     from voxguard.enroll.enrollment import Enroller
     from voxguard.store import SpeakerStore
@@ -58,12 +85,78 @@ def build_store(work: Path, embedder_name: str, device: str) -> Path:
     t0 = time.perf_counter()
     with SpeakerStore(tmp) as store:
         enroller = Enroller(store, emb, keep_audio=False)
-        for spk in sorted(d.name for d in AN4.iterdir() if d.is_dir()):
-            enroller.enroll(spk, sorted((AN4 / spk).glob("*.wav"))[:ENROLL_PER_SPEAKER])
+        for spk in an4_speakers():
+            enroller.enroll(spk, enrolled_files(spk, "plain"))
         enroller.refresh_index()
     for suffix in ("", ".faiss"):
-        os.replace(str(tmp) + suffix, str(path) + suffix)
+        if os.path.exists(str(tmp) + suffix):
+            os.replace(str(tmp) + suffix, str(path) + suffix)
     print(f"built store {path} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+def enrolled_files(spk: str, deployment: str) -> list[Path]:
+    """The plain store enrolls each speaker's first 5 utterances; the recommended one its 5
+    longest (the clone detector's ``convert`` family learns voice statistics from them, and some
+    AN4 utterances are too short to).  The rest are streamed."""
+    files = sorted((AN4 / spk).glob("*.wav"))
+    if deployment == "plain":
+        return files[:ENROLL_PER_SPEAKER]
+    return sorted(sorted(files, key=lambda f: -f.stat().st_size)[:ENROLL_PER_SPEAKER])
+
+
+def recommended_speakers(quick: bool) -> list[str]:
+    spk = an4_speakers()
+    return spk[:: max(1, len(spk) // QUICK_SPEAKERS)][:QUICK_SPEAKERS] if quick else spk
+
+
+def build_recommended_store(work: Path, embedder_name: str, device: str, quick: bool) -> Path:
+    """The recommended deployment (README): speakers enrolled with their audio, known vocoder
+    clones of every third speaker (``voxguard clone SPK --backend vocoder --enroll``), then
+    ``voxguard calibrate`` with the default backend, which also trains the clone detector
+    (default countermeasure ``lfcc-cnn``) because the store holds known clones.  Built once
+    and cached under ``--work`` (``calibrate`` takes minutes); ``--quick`` uses 24 speakers."""
+    from voxguard.embedders import create_embedder
+    from voxguard.enroll.cloning import create_cloner, enroll_clones, generate_clones, target_voice, write_clones
+    from voxguard.enroll.enrollment import Enroller
+    from voxguard.store import SpeakerStore
+
+    path = work / f"an4-{embedder_name}-recommended{'-quick' if quick else ''}.db"
+    if path.exists():
+        return path
+    tmp = path.with_suffix(".building.db")
+    for p in tmp.parent.glob(tmp.name + "*"):
+        p.unlink()
+    emb = create_embedder(embedder_name, device=device)
+    t0 = time.perf_counter()
+    speakers = recommended_speakers(quick)
+    with SpeakerStore(tmp) as store:
+        enroller = Enroller(store, emb, keep_audio=True)
+        for spk in speakers:
+            enroller.enroll(spk, enrolled_files(spk, "recommended"))
+        cloner = create_cloner("vocoder", pitch_range=0.05)
+        for k, spk in enumerate(speakers[::3]):
+            clones = generate_clones(cloner, target_voice(store, spk), CLONES_PER_SPEAKER, seed=k)
+            write_clones(clones, work / "known-clones", spk, "vocoder")
+            enroll_clones(enroller, spk, cloner, clones)
+        enroller.refresh_index()
+    print(f"enrolled {len(speakers)} speakers and known clones in {time.perf_counter() - t0:.0f} s; calibrating "
+          f"(default backend, clone detector)", flush=True)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    with open(work / "calibrate.log", "w") as log:
+        rc = subprocess.call([sys.executable, "-m", "voxguard.cli", "--store", str(tmp), "--device", device,
+                              "calibrate"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    if rc != 0:
+        raise SystemExit(f"voxguard calibrate failed (see {work / 'calibrate.log'})")
+    with SpeakerStore(tmp, readonly=True) as store:
+        cal = store.latest_calibration()
+        if cal is None or "clone_detector" not in cal[1]:
+            raise SystemExit(f"calibrate stored no clone detector (see {work / 'calibrate.log'})")
+        info = cal[1]["clone_detector"].get("info", {})
+    for suffix in ("", ".faiss"):
+        if os.path.exists(str(tmp) + suffix):
+            os.replace(str(tmp) + suffix, str(path) + suffix)
+    print(f"built store {path} in {time.perf_counter() - t0:.0f} s (countermeasure {info.get('model')})", flush=True)
     return path
 
 
@@ -100,13 +193,14 @@ def raw_throughput(embedder_name: str, device: str, seconds: float = 2.0, trials
     return out
 
 
-def stream_audio(duration: float) -> list[tuple[str, bytes]]:
-    """(speaker, PCM) for every AN4 speaker: held-out utterances back to back, >= duration."""
+def stream_audio(duration: float, speakers: list[str], deployment: str) -> list[tuple[str, bytes]]:
+    """(speaker, PCM) for every enrolled speaker: its held-out utterances back to back, >= duration."""
     from voxguard.audio import load_audio
 
     out = []
-    for spk in sorted(d.name for d in AN4.iterdir() if d.is_dir()):
-        files = sorted((AN4 / spk).glob("*.wav"))[ENROLL_PER_SPEAKER:] or sorted((AN4 / spk).glob("*.wav"))
+    for spk in speakers:
+        enrolled = set(enrolled_files(spk, deployment))
+        files = [f for f in sorted((AN4 / spk).glob("*.wav")) if f not in enrolled] or sorted((AN4 / spk).glob("*.wav"))
         parts, total, i = [], 0.0, 0
         while total < duration:
             x = load_audio(files[i % len(files)]).samples
@@ -233,48 +327,140 @@ async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, dura
     }
 
 
+async def healthz(port: int) -> float:
+    """Round trip of one ``GET /healthz`` (served on the daemon's event loop), seconds."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await reader.read(-1)
+    writer.close()
+    return time.perf_counter() - t0
+
+
+async def probe(port: int, seconds: float, interval: float = 0.002) -> list[tuple[float, float]]:
+    """(start, round trip) of back-to-back /healthz requests for ``seconds``."""
+    out, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        out.append((t, await healthz(port)))
+        await asyncio.sleep(interval)
+    return out
+
+
+async def stall_phase(url: str, port: int, pcm: bytes, frame_bytes: int, trials: int = 5) -> dict:
+    """Event-loop stall from one client message: an idle daemon, a /healthz probe every 2 ms, and
+    one client that sends a single maximum-size binary frame (``--max-frame-bytes``, default 1 MiB:
+    32.8 s of speech).  Per trial, the largest probe round trip while that frame is handled minus
+    the typical round trip; ``stall_ms`` is the median over ``trials`` (scheduling noise on a busy
+    machine only adds), with the worst and, for scale, the same statistic of idle probes."""
+    frame = (pcm * (frame_bytes // len(pcm) + 1))[:frame_bytes]
+    idle = [[rt for _, rt in await probe(port, 1.5)] for _ in range(3)]
+    typical = float(np.median(np.concatenate(idle)))
+    per = []
+    for k in range(trials):
+        async with connect(url, max_size=None, compression=None) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le",
+                                      "channels": 1, "stream_id": f"stall{k}"}))
+            await asyncio.sleep(0.2)
+            task = asyncio.create_task(probe(port, 1.5))
+            await asyncio.sleep(0.1)
+            await ws.send(frame)
+            samples = await task
+            await ws.send('{"type": "stop"}')
+            try:
+                async for _ in ws:
+                    pass
+            except ConnectionClosed:
+                pass
+        per.append(1000 * (max(rt for _, rt in samples) - typical))
+    idle_stall = [1000 * (max(x) - typical) for x in idle]
+    return {"frame_bytes": frame_bytes, "stall_ms": round(float(np.median(per)), 1),
+            "stall_max_ms": round(max(per), 1), "trials_ms": [round(x, 1) for x in per],
+            "healthz_typical_ms": round(1000 * typical, 2), "idle_stall_ms": round(float(np.median(idle_stall)), 1),
+            "target_ms": 10}
+
+
+def run_deployment(name: str, args, store: Path) -> dict:
+    from voxguard.store import SpeakerStore
+
+    with SpeakerStore(store, readonly=True) as st:
+        speakers = sorted(s.name for s in st.speakers() if (AN4 / s.name).is_dir())
+    audio = stream_audio(max(args.duration, args.saturate, args.max_frame_bytes / 2 / RATE + 1), speakers,
+                         name)
+    proc, port = start_daemon(store, args.device, args.work / f"daemon-{name}.log",
+                              ["--max-streams", str(args.streams + 8), "--max-frame-bytes", str(args.max_frame_bytes),
+                               *args.serve_args.split()])
+    try:
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        daemon = psutil.Process(proc.pid)
+        stall = asyncio.run(stall_phase(url, port, audio[0][1], args.max_frame_bytes))
+        print(f"[{name}] event-loop stall:", json.dumps(stall), flush=True)
+        rt = asyncio.run(phase(url, port, daemon, audio, args.streams, args.duration, realtime=True))
+        print(f"[{name}] real time:", json.dumps(rt), flush=True)
+        # the raw rate right before saturation (the daemon idle): a shared machine's load drifts
+        raw = raw_throughput(args.embedder, args.device)
+        print(f"[{name}] raw embedder windows/s by batch:", {b: round(r, 1) for b, r in raw.items()}, flush=True)
+        sat = asyncio.run(phase(url, port, daemon, audio, args.streams, args.saturate, realtime=False))
+        print(f"[{name}] saturation:", json.dumps(sat), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {"store": str(store), "speakers": len(speakers), "raw": raw, "raw_rate": raw[64],
+            "ratio": sat["window_rate"] / raw[64], "target_ratio": TARGET_RATIO[name],
+            "realtime": rt, "saturation": sat, "event_loop": stall}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=48)
     ap.add_argument("--duration", type=float, default=40.0, help="seconds of audio per real-time stream")
     ap.add_argument("--saturate", type=float, default=20.0, help="seconds of audio per stream in saturation")
+    ap.add_argument("--deployment", choices=["plain", "recommended", "both"], default="both",
+                    help="plain: uncalibrated store, no clones; recommended: calibrated (default backend), known "
+                         "clones and a trained clone detector (default both, side by side)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"recommended store of {QUICK_SPEAKERS} speakers (a smoke run; the full one has every "
+                         f"AN4 speaker and takes a long calibrate the first time)")
+    ap.add_argument("--max-frame-bytes", type=int, default=1 << 20,
+                    help="the daemon's --max-frame-bytes and the frame sent to measure the event-loop stall")
     ap.add_argument("--embedder", default="resemblyzer")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "daemon")
+    ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "daemon",
+                    help="stores are built once and cached here; last.json is written here")
     ap.add_argument("--serve-args", default="", help="extra 'voxguard serve' flags")
     args = ap.parse_args()
     if not AN4.is_dir():
         print(f"AN4 not found at {AN4} (set VOXGUARD_AN4)", file=sys.stderr)
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
-    store = build_store(args.work, args.embedder, args.device)
-    raw = raw_throughput(args.embedder, args.device)
-    print("raw embedder windows/s by batch:", {b: round(r, 1) for b, r in raw.items()}, flush=True)
-    audio = stream_audio(max(args.duration, args.saturate))
-    proc, port = start_daemon(store, args.device, args.work / "daemon.log",
-                              ["--max-streams", str(args.streams + 8), *args.serve_args.split()])
-    try:
-        url = f"ws://127.0.0.1:{port}/v1/stream"
-        daemon = psutil.Process(proc.pid)
-        rt = asyncio.run(phase(url, port, daemon, audio, args.streams, args.duration, realtime=True))
-        print("real time:", json.dumps(rt), flush=True)
-        sat = asyncio.run(phase(url, port, daemon, audio, args.streams, args.saturate, realtime=False))
-        print("saturation:", json.dumps(sat), flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(60)
-    ratio = sat["window_rate"] / raw[64]
-    lat = rt["latency_ms"] or {}
-    print(f"\n== {args.streams} real-time streams, {args.duration:g} s each ({args.embedder}, {args.device}) ==")
-    print(f"event latency p50/p95/p99: {lat.get(50)} / {lat.get(95)} / {lat.get(99)} ms   (target p95 <= 300)")
-    print(f"streams kept up: {rt['streams_kept_up']}/{args.streams}   dropped windows: {rt['dropped']}   "
-          f"top-1 correct: {rt['top1_correct']:.1%}")
-    print(f"daemon CPU: {rt['daemon_cpu_cores']} cores   peak RSS: {rt['daemon_peak_rss_mib']} MiB "
-          f"(target <= 1536)   real-time window rate: {rt['window_rate']}/s, mean batch {rt['batch_mean']}")
-    print(f"saturated window rate: {sat['window_rate']}/s (mean batch {sat['batch_mean']}) = {ratio:.0%} of raw "
-          f"batch-64 rate {raw[64]:.0f}/s   (target >= 60%)")
-    (args.work / "last.json").write_text(json.dumps({"raw": raw, "realtime": rt, "saturation": sat,
-                                                     "ratio": ratio}, indent=2))
+    names = ["plain", "recommended"] if args.deployment == "both" else [args.deployment]
+    stores = {"plain": lambda: build_store(args.work, args.embedder, args.device),
+              "recommended": lambda: build_recommended_store(args.work, args.embedder, args.device, args.quick)}
+    paths = {n: stores[n]() for n in names}  # build (or reuse) every store before measuring anything
+    results = {n: run_deployment(n, args, paths[n]) for n in names}
+    print(f"\n== {args.streams} real-time streams, {args.duration:g} s each; saturation {args.saturate:g} s "
+          f"({args.embedder}, {args.device}) ==")
+    rows = [("store speakers", lambda r: r["speakers"]),
+            ("raw batch-64 windows/s", lambda r: f"{r['raw_rate']:.0f}"),
+            ("saturated windows/s", lambda r: f"{r['saturation']['window_rate']} "
+                                              f"(batch {r['saturation']['batch_mean']})"),
+            ("ratio (target)", lambda r: f"{r['ratio']:.0%} (>= {r['target_ratio']:.0%})"),
+            ("latency p50/p95/p99 ms", lambda r: "/".join(str((r['realtime']['latency_ms'] or {}).get(q))
+                                                          for q in (50, 95, 99))),
+            ("streams kept up", lambda r: f"{r['realtime']['streams_kept_up']}/{args.streams}"),
+            ("dropped windows", lambda r: r["realtime"]["dropped"]),
+            ("top-1 correct", lambda r: f"{r['realtime']['top1_correct']:.1%}"),
+            ("daemon CPU cores / RSS MiB", lambda r: f"{r['realtime']['daemon_cpu_cores']} / "
+                                                     f"{r['realtime']['daemon_peak_rss_mib']}"),
+            ("event-loop stall ms (<= 10)", lambda r: f"{r['event_loop']['stall_ms']} "
+                                                      f"(max {r['event_loop']['stall_max_ms']}, idle "
+                                                      f"{r['event_loop']['idle_stall_ms']})")]
+    print(f"{'':30s}" + "".join(f"{n:>28s}" for n in names))
+    for label, f in rows:
+        print(f"{label:30s}" + "".join(f"{str(f(results[n])):>28s}" for n in names))
+    out = {"streams": args.streams, "duration": args.duration, "saturate": args.saturate, "quick": args.quick,
+           "embedder": args.embedder, "device": args.device, **results}
+    (args.work / "last.json").write_text(json.dumps(out, indent=2))
     return 0
 
 

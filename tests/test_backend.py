@@ -155,3 +155,64 @@ def test_training_needs_enough_speakers():
         train_backend(x, names, CalibrationConfig(backend="lda"))
     with pytest.raises(CalibrationError, match="unknown scoring backend"):
         CalibrationConfig(backend="nope").check()
+
+
+def test_batched_search_equals_the_per_window_reference():
+    """``SpeakerScorer.search`` builds a batch's results from arrays (best neighbour per speaker
+    and kind, LLRs, cosines); equal to the per-window loop it replaced, with clones among the samples."""
+    from voxguard.index import SearchResult, SpeakerScore
+    from voxguard.llr import LinearLLR, TrialCalibration
+    from voxguard.scoring import Calibration, _best_by_speaker
+
+    x, names = _speakers(seed=5)
+    inp = CalibrationInput(x, names, np.zeros((0, x.shape[1])), np.zeros(0, dtype=str))
+    cal = calibrate_input(inp, CalibrationConfig(backend="wccn+asnorm", asnorm_top=10))
+    spk = sorted(set(names))
+    pos = {n: i for i, n in enumerate(spk)}
+    cent = np.zeros((len(spk), x.shape[1]))
+    np.add.at(cent, [pos[n] for n in names], x)
+    kinds = (np.arange(len(x)) % 7 == 3).astype(np.int8)  # every 7th sample a known clone
+    idx = SpeakerIndex(spk, l2_normalise(cent), np.arange(len(x)) + 100, np.array([pos[n] for n in names]),
+                       kinds, x.astype(np.float32), "id", 1, None, use_gpu=False)
+    trial = TrialCalibration.__new__(TrialCalibration)
+    object.__setattr__(trial, "llr", LinearLLR(1.7, -0.3))
+    calibration = Calibration("test", cal.backend, {("window", "wide"): trial})
+    q = l2_normalise(x[:64] + 0.3 * np.random.default_rng(0).standard_normal(x[:64].shape)).astype(np.float32)
+    for backend in (cal.backend, None):
+        scorer = SpeakerScorer(idx, Thresholds(0.5, "test"), backend,
+                               Calibration("test", backend, {("window", "wide"): trial}))
+        got = scorer.search(q, k=5, neighbors=16, trial="window")
+        scores = scorer.score_all(q)
+        cosines = q @ idx.models()[: idx.n_speakers].T
+        for r, res in enumerate(got):
+            nbs = idx.neighbors(q[r:r + 1], 16)[0]
+            best_g, best_c = _best_by_speaker(nbs)
+            order = np.argsort(-scores[r], kind="stable")[:5]
+            want = SearchResult([SpeakerScore(spk[c], float(scores[r, c]), best_g.get(spk[c]), best_c.get(spk[c]),
+                                              float(trial.llr(scores[r, c])), float(cosines[r, c]))
+                                 for c in order], nbs)
+            assert res.neighbors == want.neighbors
+            assert [s.speaker for s in res.speakers] == [s.speaker for s in want.speakers]
+            for a, b in zip(res.speakers, want.speakers):
+                assert (a.best_genuine, a.best_clone) == (b.best_genuine, b.best_clone)
+                assert a.score == pytest.approx(b.score, abs=1e-9) and a.llr == pytest.approx(b.llr, abs=1e-9)
+                assert a.cosine == pytest.approx(b.cosine, abs=1e-6)
+        assert any(s.best_clone is not None for res in got for s in res.speakers)
+    assert calibration.trial("window") is trial
+
+
+def test_single_threaded_blas_nests_and_restores():
+    from threadpoolctl import threadpool_info
+
+    from voxguard.blas import single_threaded
+
+    def blas_threads():
+        return [m["num_threads"] for m in threadpool_info() if m["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_threaded():
+        assert all(n == 1 for n in blas_threads())
+        with single_threaded():
+            assert all(n == 1 for n in blas_threads())
+        assert all(n == 1 for n in blas_threads())  # the outer block still holds the limit
+    assert blas_threads() == before

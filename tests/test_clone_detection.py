@@ -308,3 +308,72 @@ def test_cli_evaluate_clones_report(built, trained, tmp_path, capsys):
         assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 1000 and (tmp_path / "fig" / f"{stem}.svg").exists()
     with SpeakerStore(path, readonly=True) as store:  # the store is only read
         assert store.latest_calibration()[0] == trained[1]
+
+
+def _assert_same_assessments(batch, serial):
+    assert len(batch) == len(serial)
+    for b, s in zip(batch, serial):
+        assert (b.level, b.speaker) == (s.level, s.speaker)
+        assert b.llr == pytest.approx(s.llr, abs=1e-5) and b.score == pytest.approx(s.score, abs=1e-5)
+        assert set(b.evidence) == set(s.evidence)
+        for key in ("values", "contributions"):
+            assert b.evidence[key].keys() == s.evidence[key].keys()
+            for k in s.evidence[key]:
+                assert b.evidence[key][k] == pytest.approx(s.evidence[key][k], abs=1e-3 if key == "contributions"
+                                                           else 1e-4)  # both rounded; the raw values agree to 1e-5
+        assert {k: v for k, v in b.evidence.items() if k not in ("values", "contributions")} == \
+            {k: v for k, v in s.evidence.items() if k not in ("values", "contributions")}
+
+
+@pytest.mark.an4
+@pytest.mark.slow
+def test_batched_window_assessment_equals_serial(built, trained, embedder, monkeypatch):
+    """The daemon's path — ``assess_batch(window=True)`` on real AN4 windows — equals ``assess``
+    window by window, with the trained detector's GMM and with a trained CNN countermeasure,
+    and runs no VAD (daemon windows are voiced already)."""
+    import dataclasses
+
+    from scipy.signal import butter, sosfilt
+
+    import voxguard.countermeasure as cm_module
+    from voxguard.countermeasure import voiced_audio
+    from voxguard.enroll.clone_training import recording_frames
+    from voxguard.enroll.cnn_training import fit_cnn_countermeasure
+
+    path, names, unseen = built
+    windows, claimed = [], []
+    for k, n in enumerate(names):
+        for x in unseen[n]:
+            v = voiced_audio(x)
+            for s in range(0, max(1, len(v) - 16000), 8000):
+                windows.append(v[s: s + 24000])  # the last window of a recording may be shorter
+                claimed.append([n, None, names[(k + 1) % len(names)]][len(windows) % 3])
+    windows.append(windows[0][:300])  # too short for one LFCC frame
+    claimed.append(names[0])
+    with SpeakerStore(path, readonly=True) as store:
+        det = CloneDetector.for_store(store, thresholds_for(store))
+        idx = SpeakerIndex.for_store(store, use_gpu=False)
+        scorer = SpeakerScorer.for_store(store, idx)
+        res = scorer.search(embedder.embed(windows), k=3, trial="window")
+    assert det.trained is not None and len(windows) > 30 and len(set(map(len, windows))) > 3
+    sos = butter(6, 3000, fs=16000, output="sos")  # a stand-in spoof condition: band-limited speech
+    genuine = [x for n in names for x in unseen[n]] + [x for x in windows[:10]]
+    cnn = fit_cnn_countermeasure([recording_frames(x) for x in genuine],
+                                 [recording_frames(sosfilt(sos, x).astype(np.float32)) for x in genuine],
+                                 seed=0, epochs=1)
+    with_cnn = CloneDetector(det.thresholds, dataclasses.replace(det.trained, countermeasure=cnn), det.source,
+                             emb_stats={s: (st.emb_mean, st.emb_std) for s, st in det._stats.items()
+                                        if st.emb_mean is not None})
+    for d in (det, with_cnn):
+        serial = [d.assess(r, c, w, window=True) for r, c, w in zip(res, claimed, windows)]
+        monkeypatch.setattr(cm_module, "VoiceActivityDetector", None)  # the window path runs no VAD
+        batch = d.assess_batch(res, claimed, windows, window=True)
+        monkeypatch.undo()
+        assert all("cm" in a.evidence["values"] for a in batch[:-1])
+        _assert_same_assessments(batch, serial)
+    # recordings (window=False) keep their VAD and agree too
+    recs = [x for n in names for x in unseen[n]][:6]
+    with SpeakerStore(path, readonly=True) as store:
+        _, rres = _search(store, embedder, recs)
+    _assert_same_assessments(with_cnn.assess_batch(rres, [None] * 6, recs),
+                             [with_cnn.assess(r, None, x) for r, x in zip(rres, recs)])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from voxguard.audio import load_audio
-from voxguard.countermeasure import (FEATURE_DIM, DiagGmm, LfccGmmCountermeasure, lfcc, linear_filterbank,
-                                     voiced_audio)
+from voxguard.countermeasure import (FEATURE_DIM, DiagGmm, LfccGmmCountermeasure, lfcc, lfcc_batch,
+                                     linear_filterbank, voiced_audio)
 from voxguard.enroll.clone_training import equal_error_rate, fit_countermeasure
 from voxguard.enroll.clone_vocoder import VocoderCloner
 from voxguard.enroll.cloning import Reference, TargetVoice, generate_clones
@@ -146,3 +146,75 @@ def test_cnn_too_little_audio_says_how_much_more():
     f = [np.zeros((50, 60), np.float32)] * 5
     with pytest.raises(VoxguardError, match="add about 30 more recordings"):
         fit_cnn_countermeasure(f, f)
+
+
+def daemon_windows(recordings, window: int = 24000, hop: int = 8000) -> list[np.ndarray]:
+    """What the daemon assesses: 1.5 s windows every 0.5 s over the voiced audio of each recording
+    (a recording's last window may be shorter), plus a stretch too short for one LFCC frame."""
+    out = []
+    for x in recordings:
+        v = voiced_audio(x)
+        out += [v[s: s + window] for s in range(0, max(1, len(v) - window + hop), hop)]
+    return out + [v[:300]]
+
+
+def test_lfcc_matches_the_librosa_stft_definition():
+    """The direct STFT equals LFCC computed with ``librosa.stft`` (20 ms Hamming in 512-point frames)."""
+    import librosa
+    from scipy.fft import dct
+
+    for n, seed in ((24000, 0), (9999, 1), (512, 2)):
+        x = speech_like(n / 16000 + 0.01, seed=seed)[:n]
+        spec = librosa.stft(x, n_fft=512, hop_length=160, win_length=320, window="hamming", center=False)
+        ceps = dct(np.log(linear_filterbank() @ (np.abs(spec) ** 2) + 1e-10), type=2, axis=0, norm="ortho")[:20]
+        d1 = librosa.feature.delta(ceps, width=3, order=1, axis=-1, mode="nearest")
+        d2 = librosa.feature.delta(ceps, width=3, order=2, axis=-1, mode="nearest")
+        want = np.concatenate([ceps, d1, d2], axis=0).T
+        np.testing.assert_allclose(lfcc(x), want, rtol=1e-5, atol=1e-4)
+
+
+def test_lfcc_batch_equals_lfcc():
+    xs = [speech_like(1.5, seed=k) for k in range(5)] + [speech_like(0.9, seed=7), speech_like(0.01, seed=8)]
+    for got, x in zip(lfcc_batch(xs), xs):
+        assert got.shape == lfcc(x).shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, lfcc(x), rtol=1e-6, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def windows(an4_split):
+    return daemon_windows(an4_split[2][:4] + an4_split[3][:4])
+
+
+@pytest.mark.an4
+def test_gmm_batch_scores_equal_serial(trained_cm, windows, monkeypatch):
+    import voxguard.countermeasure as cm_module
+
+    serial = np.array([trained_cm.score(w) for w in windows])
+    monkeypatch.setattr(cm_module, "VoiceActivityDetector", None)  # daemon windows: no VAD on this path
+    batch = trained_cm.score_batch(windows)
+    assert len(set(map(len, windows))) > 2 and serial[-1] == 0.0  # several lengths, one too short
+    np.testing.assert_allclose(batch, serial, rtol=0, atol=1e-5)
+
+
+@pytest.mark.an4
+def test_cnn_batch_scores_equal_serial(an4_split, windows, monkeypatch):
+    import torch
+
+    import voxguard.countermeasure as cm_module
+    from voxguard.enroll.cnn_training import fit_cnn_countermeasure
+    from voxguard.enroll.clone_training import recording_frames
+
+    torch.set_num_threads(1)
+    genuine, clones, _, _ = an4_split
+    cm = fit_cnn_countermeasure([recording_frames(x) for x in genuine], [recording_frames(x) for x in clones],
+                                seed=0, epochs=1)
+    serial = np.array([cm.score(w) for w in windows])
+    monkeypatch.setattr(cm_module, "VoiceActivityDetector", None)
+    calls = []
+    forward = cm.net.forward
+    monkeypatch.setattr(cm.net, "forward", lambda x: calls.append(x.shape[0]) or forward(x))
+    batch = cm.score_batch(windows)
+    np.testing.assert_allclose(batch, serial, rtol=0, atol=1e-5)
+    full = sum(len(w) == 24000 for w in windows)
+    lengths = {len(f) for f in map(lfcc, windows) if len(f) >= 2}
+    assert full > 10 and full in calls and len(calls) == len(lengths)  # one forward per distinct length

@@ -138,3 +138,43 @@ def test_frame_sizes(frame_ms):
     x = np.concatenate([silence(0.6), speech_like(1.5), silence(1.0)])
     segs = segments(run(x, VadConfig(frame_ms=frame_ms))[1])
     assert len(segs) == 1 and 0.4 <= segs[0][0] <= 0.6
+
+
+class _CountingNumpy:
+    """numpy, with ``concatenate`` counting the samples it copies."""
+
+    def __init__(self):
+        self.copied = 0
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def concatenate(self, arrays, *args, **kwargs):
+        out = np.concatenate(arrays, *args, **kwargs)
+        self.copied += out.size
+        self.calls += 1
+        return out
+
+
+def test_one_large_frame_is_merged_in_linear_time(monkeypatch):
+    """A 1 MiB frame (32.8 s of 16-bit PCM, ~1100 VAD frames) of speech: joining its voiced
+    frames copies each sample a bounded number of times (pairwise joining copied the growing
+    run once per 30 ms frame: ~550 times the audio), and the result is the same audio as
+    the same signal fed in 100 ms chunks."""
+    import voxguard.vad as vad
+
+    x = np.concatenate([speech_like(16.0, seed=1), silence(0.8), speech_like(16.0, seed=2)])[: (1 << 20) // 2]
+    counting = _CountingNumpy()
+    monkeypatch.setattr(vad, "np", counting)
+    _, big = run(x)
+    monkeypatch.setattr(vad, "np", np)
+    assert counting.copied <= 3 * len(x), counting.copied / len(x)
+    voiced = [e for e in big if isinstance(e, Voiced)]
+    assert len(voiced) <= 4  # a few large arrays, not one per frame
+    _, small = run(x, chunk=1600)
+    assert boundaries(big) == boundaries(small)
+    a = np.concatenate([e.samples for e in voiced])
+    b = np.concatenate([e.samples for e in small if isinstance(e, Voiced)])
+    np.testing.assert_array_equal(a, b)
+    assert voiced[0].start == pytest.approx(min(e.start for e in small if isinstance(e, Voiced)))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .countermeasure import FEATURE_DIM, lfcc, voiced_audio
+from typing import Sequence
+
+from .countermeasure import FEATURE_DIM, lfcc, lfcc_batch, voiced_audio
 
 CHANNELS = 64
 KERNEL = 5
@@ -70,6 +72,27 @@ class CnnCountermeasure:
 
     def score_recording(self, samples: np.ndarray) -> float:
         return self.score(voiced_audio(samples))
+
+    def score_batch(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """:meth:`score` of each stretch of audio (daemon windows: already voiced, no VAD here):
+        features vectorised (:func:`lfcc_batch`), the network run once per distinct length."""
+        return self.score_frames_batch(lfcc_batch(windows))
+
+    def score_frames_batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """:meth:`score_frames` of each item: items of equal length (no padding, which would change
+        the convolution edges and the pooled statistics) go through the network as one batch."""
+        import torch
+
+        out = np.zeros(len(frames))
+        groups: dict[int, list[int]] = {}
+        for i, f in enumerate(frames):
+            if len(f) >= 2:
+                groups.setdefault(len(f), []).append(i)
+        with torch.no_grad():
+            for rows in groups.values():
+                x = (np.stack([np.asarray(frames[i], np.float32) for i in rows]) - self.feature_mean) / self.feature_std
+                out[rows] = self.net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+        return out
 
     def as_dict(self) -> dict:
         return {"type": self.name, "state": {k: v.detach().cpu().numpy().tolist() for k, v in self.net.state_dict().items()},

@@ -135,6 +135,7 @@ class SpeakerIndex:
         self.sample_ids = sample_ids.astype(np.int64)
         self.sample_speaker = sample_speaker.astype(np.int32)
         self.sample_kind = sample_kind.astype(np.int8)  # 0 genuine, 1 clone
+        self._nb_fields: tuple[list, list, list] | None = None  # per-sample name, kind, id (neighbor_lists)
         self.store_id = store_id
         self.revision = revision
         self.embedder = embedder
@@ -321,17 +322,26 @@ class SpeakerIndex:
 
     def neighbors(self, queries: np.ndarray, k: int = 32) -> list[list[Neighbor]]:
         """The ``k`` nearest stored samples (genuine and clone) of each query, best first."""
+        return self.neighbor_lists(*self.neighbor_rows(queries, k))
+
+    def neighbor_rows(self, queries: np.ndarray, k: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS output of :meth:`neighbors`: cosines ``[n, k']`` and sample rows ``[n, k']`` (-1: none)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k_nb = min(k, self.n_samples)
         if not k_nb or not len(q):
-            return [[] for _ in range(len(q))]
-        ds, is_ = self._samples.search(q, k_nb)
-        out = []
-        for r in range(len(q)):
-            out.append([Neighbor(self.speaker_names[int(self.sample_speaker[row])],
-                                 "clone" if self.sample_kind[row] else "genuine", float(d), int(self.sample_ids[row]))
-                        for d, row in zip(ds[r], is_[r]) if row >= 0])
-        return out
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        return self._samples.search(q, k_nb)
+
+    def neighbor_lists(self, ds: np.ndarray, rows: np.ndarray) -> list[list[Neighbor]]:
+        """:class:`Neighbor` lists of :meth:`neighbor_rows` output (per-sample fields looked up once)."""
+        if self._nb_fields is None:
+            names = self.speaker_names
+            self._nb_fields = ([names[s] for s in self.sample_speaker.tolist()],
+                               ["clone" if k else "genuine" for k in self.sample_kind.tolist()],
+                               self.sample_ids.tolist())
+        spk, kind, sid = self._nb_fields
+        return [[Neighbor(spk[i], kind[i], d, sid[i]) for d, i in zip(dr, ir) if i >= 0]
+                for dr, ir in zip(ds.tolist(), rows.tolist())]
 
     def models(self, band: str = WIDE) -> np.ndarray:
         """The speaker models (centroids) of ``band``, ``[n_speakers, d]``."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from .backend import ScoreBackend, backend_from_calibration
 from .bands import WIDE
+from .blas import single_threaded_blas
 from .errors import StoreError
 from .index import Neighbor, SearchResult, SpeakerScore
 from .llr import SessionCalibration, TrialCalibration
@@ -252,6 +253,7 @@ class SpeakerScorer:
             self._models[band] = models if self.backend is None else self.backend.prepare_models(models, names)
         return self._models[band]
 
+    @single_threaded_blas
     def score_all(self, queries, band: str = WIDE) -> np.ndarray:
         """Scores of every query against every enrolled speaker, ``[n, n_speakers]``
         (columns in ``index.speaker_names`` order)."""
@@ -262,6 +264,7 @@ class SpeakerScorer:
             return q @ self._prepared(band).T
         return self.backend.score(q, self._prepared(band))
 
+    @single_threaded_blas
     def speaker_score(self, query, speaker: str, band: str = WIDE) -> float | None:
         """One query's score against one enrolled speaker (e.g. a claimed speaker outside
         the top-k), in the same units as ``search``; ``None`` for an unknown speaker."""
@@ -285,6 +288,7 @@ class SpeakerScorer:
         cal = self.calibration.trial(trial, band, windows)
         return None if cal is None else cal.llr(scores)
 
+    @single_threaded_blas
     def search(self, queries, k: int = 5, neighbors: int = 32, trial: str = "utterance",
                band: str = WIDE, scores: np.ndarray | None = None, windows: int | None = None) -> list[SearchResult]:
         """Rank enrolled speakers for each row of ``queries`` (L2-normalised embeddings)
@@ -292,7 +296,8 @@ class SpeakerScorer:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if len(q) == 0:
             return []
-        nbs = self.index.neighbors(q, neighbors)
+        ds, rows = self.index.neighbor_rows(q, neighbors)
+        nbs = self.index.neighbor_lists(ds, rows)
         if self.index.n_speakers == 0:
             return [SearchResult([], nb) for nb in nbs]
         if scores is None:
@@ -304,17 +309,36 @@ class SpeakerScorer:
             np.tile(np.arange(scores.shape[1]), (len(q), 1))
         order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1,
                                                     kind="stable"), axis=1)
+        # everything per (window, ranked speaker) as arrays, then plain lists: no per-window numpy calls
+        best_g, best_c = _best_by_speaker_rows(self.index, ds, rows)
+        top = np.take_along_axis(scores, order, axis=1)
+        g = _none_for_nan(np.take_along_axis(best_g, order, axis=1).tolist())
+        c = _none_for_nan(np.take_along_axis(best_c, order, axis=1).tolist())
+        llrs = cal.llr(top).tolist() if cal is not None else [[None] * k_spk] * len(q)
+        cos = np.take_along_axis(np.asarray(cosines), order, axis=1).tolist()
         names = self.index.speaker_names
-        out = []
-        for r in range(len(q)):
-            best_g, best_c = _best_by_speaker(nbs[r])
-            row = scores[r, order[r]]
-            llrs = cal.llr(row) if cal is not None else [None] * len(row)
-            spks = [SpeakerScore(names[c], float(row[j]), best_g.get(names[c]), best_c.get(names[c]),
-                                 None if llrs[j] is None else float(llrs[j]), float(cosines[r, c]))
-                    for j, c in enumerate(order[r])]
-            out.append(SearchResult(spks, nbs[r]))
-        return out
+        spk = [[names[j] for j in row] for row in order.tolist()]
+        return [SearchResult([SpeakerScore(spk[r][j], v, g[r][j], c[r][j], llrs[r][j], cos[r][j])
+                              for j, v in enumerate(row)], nbs[r])
+                for r, row in enumerate(top.tolist())]
+
+
+def _best_by_speaker_rows(index, ds: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window and speaker, the cosine to its nearest genuine / clone sample among the
+    neighbours ``[n, n_names]`` each, NaN where none is among them (vectorised
+    :func:`_best_by_speaker`: the first, i.e. best, neighbour of a speaker and kind wins)."""
+    n, k = rows.shape
+    best = np.full((2, n, max(len(index.speaker_names), 1)), np.nan)
+    r_all = np.arange(n)
+    for j in range(k - 1, -1, -1):  # worst first: the best neighbour is written last
+        ok = rows[:, j] >= 0
+        sample = rows[ok, j]
+        best[index.sample_kind[sample].astype(np.intp), r_all[ok], index.sample_speaker[sample]] = ds[ok, j]
+    return best[0], best[1]
+
+
+def _none_for_nan(rows: list[list[float]]) -> list[list[float | None]]:
+    return [[None if v != v else v for v in row] for row in rows]
 
 
 def _best_by_speaker(neighbors: list[Neighbor]) -> tuple[dict[str, float], dict[str, float]]:
