@@ -4,9 +4,10 @@
 TitaNet-large).  Backends are imported only when created, so the heavy
 frameworks load only for the embedder in use.
 
-``runtime`` (``auto`` / ``torch`` / ``onnx``, default ``$VOXGUARD_EMBEDDER_RUNTIME`` else
-``auto``) chooses what runs Resemblyzer's encoder: ONNX Runtime (``auto`` on CPU when it is
-installed: faster, same embeddings, same identity) or PyTorch.  TitaNet runs on PyTorch only.
+``runtime`` (``auto`` / ``torch`` / ``onnx`` / ``onnx-int8``, default ``$VOXGUARD_EMBEDDER_RUNTIME``
+else ``auto``) chooses what runs Resemblyzer's encoder: ONNX Runtime (``auto`` on CPU when it is
+installed: faster, same embeddings, same identity; ``onnx-int8`` partly quantised, opt-in) or
+PyTorch.  TitaNet runs on PyTorch only.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def create_embedder(name: str = DEFAULT_EMBEDDER, device: str = "auto", model: s
 
         return ResemblyzerEmbedder(device=device, max_batch=max_batch, runtime=runtime)
     if name == "titanet":
-        if resolve_runtime(runtime) == "onnx":
+        if resolve_runtime(runtime).startswith("onnx"):
             raise ModelError("the onnx runtime is for the resemblyzer embedder; titanet runs on torch "
                              "(--runtime auto or torch)")
         from .titanet import TitaNetEmbedder

@@ -21,12 +21,13 @@ from ..errors import ModelError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 RUNTIME_ENV = "VOXGUARD_EMBEDDER_RUNTIME"
 CACHE_ENV = "VOXGUARD_ONNX_CACHE"
 OPSET = 17
 EXPORT_FORMAT = 1  # bump when the export itself changes, so old cache files are not reused
 PROBE_MIN_COSINE = 0.9999
+PROBE_MIN_COSINE_INT8 = 0.999
 
 
 def resolve_runtime(runtime: str | None) -> str:
@@ -95,20 +96,26 @@ class OnnxEncoder:
     :func:`cache_dir`, written at first use; when the cache cannot be written the export is
     kept in memory only.  ``threads`` is ONNX Runtime's intra-op thread count (the embedder
     passes PyTorch's, so ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` before loading
-    apply to both runtimes alike).
+    apply to both runtimes alike).  ``int8``: the export dynamically quantised by
+    :func:`quantize_lstm_int8`, checked to cosine >= 0.999 (instead of 0.9999) on ``probe``
+    (inputs like the real ones; default: random positive values).
     """
 
     input_name = "mels"
     output_name = "embeds"
 
     def __init__(self, module, name: str, key: str, features: int, threads: int | None = None,
-                 directory: Path | None = None):
+                 directory: Path | None = None, int8: bool = False, probe: list[np.ndarray] | None = None):
         ort = import_onnxruntime()
         self._ort = ort
         self.threads = threads
-        self.path = (directory or cache_dir()) / f"{name}-{key}-opset{OPSET}-f{EXPORT_FORMAT}.onnx"
+        self.int8 = int8
+        suffix = "-int8" if int8 else ""
+        self.path = (directory or cache_dir()) / f"{name}-{key}-opset{OPSET}-f{EXPORT_FORMAT}{suffix}.onnx"
         self._module = module
         self._features = features
+        self._probe = probe
+        self._min_cosine = PROBE_MIN_COSINE_INT8 if int8 else PROBE_MIN_COSINE
         model, cached = self._read_cache()
         self._session = self._session_for(model) if model is not None else None
         if self._session is not None and not self._agrees():
@@ -118,8 +125,8 @@ class OnnxEncoder:
             model = self._export()
             self._session = self._session_for(model)
             if not self._agrees():
-                raise ModelError(f"the ONNX export of {name} does not reproduce the PyTorch encoder "
-                                 f"(probe cosine below {PROBE_MIN_COSINE}); use --runtime torch")
+                raise ModelError(f"the ONNX export{' (int8)' if int8 else ''} of {name} does not reproduce the "
+                                 f"PyTorch encoder (probe cosine below {self._min_cosine}); use --runtime torch")
             self._save(model)
         elif cached:
             log.debug("ONNX encoder loaded from %s", self.path)
@@ -135,7 +142,8 @@ class OnnxEncoder:
 
         example = torch.zeros(2, 151, self._features)
         log.info("exporting the encoder to ONNX (%s)", self.path)
-        return _export(self._module, example, self.input_name, self.output_name)
+        model = _export(self._module, example, self.input_name, self.output_name)
+        return quantize_lstm_int8(model) if self.int8 else model
 
     def _save(self, model: bytes) -> None:
         try:
@@ -166,19 +174,47 @@ class OnnxEncoder:
         if self._session is None:
             return False
         rng = np.random.default_rng(12345)
-        for shape in ((1, 151, self._features), (3, 57, self._features)):
-            x = rng.gamma(0.5, 0.02, size=shape).astype(np.float32)  # mel-power-like: small, positive
+        probes = self._probe or [rng.gamma(0.5, 0.02, size=shape).astype(np.float32)  # small, positive
+                                 for shape in ((1, 151, self._features), (3, 57, self._features))]
+        for x in probes:
             with torch.inference_mode():
                 ref = self._module(torch.from_numpy(x)).float().cpu().numpy()
             got = self(x)
             cos = np.sum(ref * got, axis=1) / np.maximum(
                 np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1), 1e-12)
-            if not np.all(cos >= PROBE_MIN_COSINE):
+            if not np.all(cos >= self._min_cosine):
+                log.warning("ONNX encoder probe: cosine %.5f to PyTorch (needs %s)", cos.min(), self._min_cosine)
                 return False
         return True
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+def quantize_lstm_int8(model: bytes) -> bytes:
+    """ONNX Runtime's dynamic int8 quantisation (per-channel weights) of every LSTM layer but the
+    first.  The first layer reads raw mel power, whose range (1e-8 .. 1e2) one per-tensor int8
+    scale cannot hold: quantising it drops the embeddings to cosine ~0.5; the later layers read
+    activations in [-1, 1] and hold most of the work (input 256 wide instead of 40)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = onnx.load_from_string(model)
+    lstms = [n.name for n in proto.graph.node if n.op_type == "LSTM"]
+    if len(lstms) < 2:
+        raise ModelError("int8: expected a multi-layer LSTM in the exported encoder")
+    with tempfile.TemporaryDirectory(prefix="voxguard-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root = logging.getLogger()  # quantize_dynamic logs its "run pre-processing first" advice there
+            was, root.disabled = root.disabled, True
+            try:
+                quantize_dynamic(proto, out, weight_type=QuantType.QInt8, per_channel=True,
+                                 nodes_to_quantize=lstms[1:])
+            finally:
+                root.disabled = was
+        return out.read_bytes()
 
 
 def file_digest(path: Path) -> str:

@@ -6,12 +6,14 @@ Two runtimes compute the same embeddings (cosine >= 0.9999 on AN4 windows, see
 same weights exported to ONNX at first use, cached by their hash, run by ONNX Runtime; faster
 on CPU).  ``auto`` (the default) picks ``onnx`` on CPU when ONNX Runtime is installed, else
 ``torch``.  The runtime is not part of the embedder's identity: stores and calibrations made
-with one apply to the other.
+with one apply to the other.  ``onnx-int8`` (opt-in) quantises the LSTM's second and third
+layers to int8: faster again, embeddings within cosine 0.999 of the others, same identity.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +24,8 @@ import numpy as np
 from ..errors import ModelError
 from .base import EmbedderIdentity, group_by_length, l2_normalise, pick_device
 from .onnx_runtime import OnnxEncoder, import_onnxruntime, onnxruntime_available, resolve_runtime
+
+log = logging.getLogger(__name__)
 
 
 class ResemblyzerEmbedder:
@@ -47,7 +51,7 @@ class ResemblyzerEmbedder:
         self.device = pick_device(device)
         self.max_batch = max_batch
         requested = resolve_runtime(runtime)
-        if requested == "onnx":
+        if requested.startswith("onnx"):
             import_onnxruntime()  # a clear error before the model loads
             if self.device != "cpu":
                 raise ModelError(f"the onnx embedder runtime runs on the CPU, not {self.device}; "
@@ -59,14 +63,29 @@ class ResemblyzerEmbedder:
         sha = hashlib.sha256(weights.read_bytes()).hexdigest()
         self._version = f"resemblyzer-{metadata.version('resemblyzer')}+{sha[:12]}"
         self._mel_basis = None
-        if requested == "auto":
+        auto = requested == "auto"
+        if auto:
             requested = "onnx" if self.device == "cpu" and onnxruntime_available() else "torch"
         self.runtime = requested
         self._onnx = None
-        if requested == "onnx":
-            self._onnx = OnnxEncoder(self._encoder, "resemblyzer-ge2e", sha[:32], features=40,
-                                     threads=torch.get_num_threads(),
-                                     directory=Path(onnx_cache) if onnx_cache else None)
+        if requested.startswith("onnx"):
+            int8 = requested == "onnx-int8"
+            try:
+                self._onnx = OnnxEncoder(self._encoder, "resemblyzer-ge2e", sha[:32], features=40,
+                                         threads=torch.get_num_threads(),
+                                         directory=Path(onnx_cache) if onnx_cache else None,
+                                         int8=int8, probe=self._probe_mels() if int8 else None)
+            except ModelError:
+                if not auto:
+                    raise
+                log.warning("ONNX export rejected; the resemblyzer encoder runs on torch")
+                self.runtime = "torch"
+            except Exception as e:  # asked for: the error; by default: PyTorch, as before
+                if not auto:
+                    raise ModelError(f"cannot run the resemblyzer encoder on ONNX Runtime: {e}; "
+                                     f"use --runtime torch") from e
+                log.warning("ONNX Runtime path unavailable (%s); the resemblyzer encoder runs on torch", e)
+                self.runtime = "torch"
 
     @property
     def identity(self) -> EmbedderIdentity:
@@ -84,6 +103,18 @@ class ResemblyzerEmbedder:
         spec = np.abs(librosa.stft(batch, n_fft=n_fft, hop_length=hop)) ** 2  # [n, freq, frames]
         mel = np.einsum("mf,nft->ntm", self._mel_basis, spec, optimize=True)
         return mel.astype(np.float32)
+
+    def _probe_mels(self) -> list[np.ndarray]:
+        """Mel spectrograms of a few voice-like windows (harmonics of a gliding pitch, syllable
+        envelope, a little noise), to check a quantised encoder on input like speech."""
+        rng = np.random.default_rng(7)
+        t = np.arange(24000) / 16000
+        out = []
+        for f0 in (95.0, 140.0, 210.0):
+            phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / 16000
+            x = sum(np.sin(k * phase) / k for k in range(1, 16)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
+            out.append((0.1 * x + 0.003 * rng.standard_normal(len(t))).astype(np.float32))
+        return [self._mels(self._normalise_volume(np.stack(out)))]
 
     def _normalise_volume(self, batch: np.ndarray) -> np.ndarray:
         # Resemblyzer's preprocess_wav: raise quiet audio to -30 dBFS (never lower it).
