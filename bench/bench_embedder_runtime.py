@@ -268,7 +268,8 @@ def main() -> int:
     ap.add_argument("--an4", type=Path, default=DEFAULT_AN4)
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--seconds", type=float, default=4.0, help="minimum timed seconds per runtime and batch size")
-    ap.add_argument("--threads", type=int, help="threads for every runtime (default: torch's own choice, as the daemon)")
+    ap.add_argument("--threads", type=int,
+                    help="threads for every runtime (default: torch's own choice, as the daemon)")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8-quantised ONNX variants")
     ap.add_argument("--limit", type=int, help="use only this many AN4 speakers (default: all 74)")
     ap.add_argument("--block", type=float, default=0.5, help="seconds of one timed block of one runtime")
@@ -318,8 +319,8 @@ def main() -> int:
     print(f"{'runtime':<11}" + "".join(f"{'b=' + str(b) + ' win/s':>14}{'x torch':>9}" for b in batches)
           + f"{'min cos':>10}{'mean cos':>10}{'<0.999':>8}{'EER %':>8}{'minDCF':>8}")
     for k in names:
-        row = f"{k:<11}" + "".join(f"{rates[str(b)][k]['windows_per_s']:>14.1f}{rates[str(b)][k]['ratio_to_torch']:>9.2f}"
-                                   for b in batches)
+        row = f"{k:<11}" + "".join(f"{rates[str(b)][k]['windows_per_s']:>14.1f}"
+                                   f"{rates[str(b)][k]['ratio_to_torch']:>9.2f}" for b in batches)
         c = cos.get(k, {"min": 1.0, "mean": 1.0, "below_0.999": 0})
         row += f"{c['min']:>10.5f}{c['mean']:>10.5f}{c['below_0.999']:>8d}"
         row += f"{100 * acc[k]['eer']:>8.2f}{acc[k]['min_dcf_0.01']:>8.3f}"

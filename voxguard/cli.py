@@ -114,9 +114,10 @@ def common_options() -> argparse.ArgumentParser:
                    help="TitaNet .nemo file or pretrained name (titanet only; or $VOXGUARD_TITANET_MODEL)")
     g.add_argument("--device", default=argparse.SUPPRESS, help="auto (default), cpu or cuda[:N]")
     g.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default=argparse.SUPPRESS,
-                   help="what runs the resemblyzer encoder: onnx (ONNX Runtime, CPU; same embeddings, "
-                        "faster), onnx-int8 (faster again, cosine >= 0.999 to those), torch, or auto "
-                        "(default: onnx on CPU when onnxruntime is installed; or $VOXGUARD_EMBEDDER_RUNTIME)")
+                   help="what runs the resemblyzer encoder: onnx (ONNX Runtime on the CPU: same embeddings, "
+                        "faster with several threads), onnx-int8 (faster again; mean cosine 0.9996 to those), "
+                        "torch, or auto (default: onnx on CPU when onnxruntime is installed; or "
+                        "$VOXGUARD_EMBEDDER_RUNTIME)")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
     return p

@@ -7,7 +7,6 @@ the same function as the PyTorch path; embedders keep their identity whichever r
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -215,7 +214,3 @@ def quantize_lstm_int8(model: bytes) -> bytes:
             finally:
                 root.disabled = was
         return out.read_bytes()
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
