@@ -3,11 +3,12 @@ so this is the default, offline embedder.
 
 Two runtimes compute the same embeddings (cosine >= 0.9999 on AN4 windows, see
 ``bench/bench_embedder_runtime.py``): ``torch`` (Resemblyzer's own module) and ``onnx`` (the
-same weights exported to ONNX at first use, cached by their hash, run by ONNX Runtime; faster
-on CPU).  ``auto`` (the default) picks ``onnx`` on CPU when ONNX Runtime is installed, else
+same weights exported to ONNX at first use, cached by their hash, run by ONNX Runtime; on CPU
+as fast with one thread and up to twice as fast or more with two, see the README).  ``auto`` (the default) picks ``onnx`` on CPU when ONNX Runtime is installed, else
 ``torch``.  The runtime is not part of the embedder's identity: stores and calibrations made
 with one apply to the other.  ``onnx-int8`` (opt-in) quantises the LSTM's second and third
-layers to int8: faster again, embeddings within cosine 0.999 of the others, same identity.
+layers to int8: faster again, mean cosine 0.9996 (min 0.9985) to the others on AN4, AN4 EER
+12.73 % instead of 12.67 %; same identity.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ResemblyzerEmbedder:
 
     def __init__(self, device: str = "auto", max_batch: int = 64, runtime: str | None = None,
                  weights: str | Path | None = None, onnx_cache: str | Path | None = None):
-        """``runtime``: ``auto`` / ``torch`` / ``onnx`` (default ``$VOXGUARD_EMBEDDER_RUNTIME``, else
+        """``runtime``: ``auto`` / ``torch`` / ``onnx`` / ``onnx-int8`` (default ``$VOXGUARD_EMBEDDER_RUNTIME``, else
         ``auto``).  ``weights``: another GE2E checkpoint than the bundled one (tests, retraining).
         ``onnx_cache``: where the ONNX export is cached (default ``$VOXGUARD_ONNX_CACHE``, else
         the user cache directory)."""
