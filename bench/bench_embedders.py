@@ -1,6 +1,6 @@
 """Benchmark: embedding throughput and memory of each embedder.
 
-    python bench/bench_embedders.py [--device auto] [--batches 1,8,32] [--seconds 5] [--threads N]
+    python bench/bench_embedders.py [--device auto] [--batches 1,8,32] [--seconds 5] [--threads N] [--runtime auto]
                                     [--embedders resemblyzer,titanet-tiny,titanet-large]
                                     [--out bench/results/embedders.json]
 
@@ -15,6 +15,8 @@ model would be; ``--titanet-model PATH`` benchmarks a real one instead of the la
 
 Figures depend on the machine and on what else runs on it (on a small shared CPU,
 ``--threads 1`` is steadier); the JSON records the CPU count, load averages and device.
+``--runtime`` chooses what runs Resemblyzer (default ``auto``: ONNX Runtime on CPU); to compare
+runtimes, ``bench/bench_embedder_runtime.py`` measures them against each other in one run.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def speech_like_windows(n: int, seed: int = 0):
 # -- worker: one embedder in this process ----------------------------------------------------------
 
 def worker(name: str, model: str | None, device: str, batches: list[int], min_seconds: float,
-           threads: int | None) -> dict:
+           threads: int | None, runtime: str | None = None) -> dict:
     import numpy  # noqa: F401
     import torch
 
@@ -76,11 +78,11 @@ def worker(name: str, model: str | None, device: str, batches: list[int], min_se
 
     t0 = time.perf_counter()
     emb = create_embedder("titanet" if name.startswith("titanet") else name, device=device, model=model,
-                          max_batch=max(batches))
+                          max_batch=max(batches), runtime=runtime if name == "resemblyzer" else None)
     rec["load_s"] = round(time.perf_counter() - t0, 2)
     rec["rss_mb"]["model_loaded"] = round(rss_mb(), 1)
     rec.update(device=emb.device, dim=emb.dim, version=emb.identity.version,
-               torch_threads=torch.get_num_threads())
+               torch_threads=torch.get_num_threads(), runtime=getattr(emb, "runtime", "torch"))
     if model:
         rec["model"] = str(model)
     try:
@@ -159,6 +161,7 @@ def main() -> int:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per batch size")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--runtime", default="auto", help="resemblyzer's runtime: auto, torch, onnx or onnx-int8")
     ap.add_argument("--titanet-model", type=Path, help="a real TitaNet .nemo for titanet-large (else random weights)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "embedders.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -169,7 +172,7 @@ def main() -> int:
         print(json.dumps(baseline()))
         return 0
     if a.worker:
-        print(json.dumps(worker(a.worker, a.model, a.device, batches, a.seconds, a.threads)))
+        print(json.dumps(worker(a.worker, a.model, a.device, batches, a.seconds, a.threads, a.runtime)))
         return 0
 
     names = [n for n in a.embedders.split(",") if n]
@@ -183,6 +186,7 @@ def main() -> int:
         for name in names:
             common = ["--device", a.device, "--batches", a.batches, "--seconds", str(a.seconds)]
             common += ["--threads", str(a.threads)] if a.threads else []
+            common += ["--runtime", a.runtime]
             try:
                 model = None
                 if name == "titanet-tiny":

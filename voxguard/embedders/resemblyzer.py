@@ -1,9 +1,20 @@
 """Resemblyzer's GE2E speaker encoder (256-d).  Its weights ship in the PyPI package,
-so this is the default, offline embedder."""
+so this is the default, offline embedder.
+
+Two runtimes compute the same embeddings (cosine >= 0.9999 on AN4 windows, see
+``bench/bench_embedder_runtime.py``): ``torch`` (Resemblyzer's own module) and ``onnx`` (the
+same weights exported to ONNX at first use, cached by their hash, run by ONNX Runtime; on CPU
+as fast with one thread and up to twice as fast or more with two, see the README).  ``auto`` (the default) picks ``onnx`` on CPU when ONNX Runtime is installed, else
+``torch``.  The runtime is not part of the embedder's identity: stores and calibrations made
+with one apply to the other.  ``onnx-int8`` (opt-in) quantises the LSTM's second and third
+layers to int8: faster again, mean cosine 0.9996 (min 0.9985) to the others on AN4, AN4 EER
+12.73 % instead of 12.67 %; same identity.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -11,14 +22,23 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import ModelError
 from .base import EmbedderIdentity, group_by_length, l2_normalise, pick_device
+from .onnx_runtime import OnnxEncoder, import_onnxruntime, onnxruntime_available, resolve_runtime
+
+log = logging.getLogger(__name__)
 
 
 class ResemblyzerEmbedder:
     name = "resemblyzer"
     dim = 256
 
-    def __init__(self, device: str = "auto", max_batch: int = 64):
+    def __init__(self, device: str = "auto", max_batch: int = 64, runtime: str | None = None,
+                 weights: str | Path | None = None, onnx_cache: str | Path | None = None):
+        """``runtime``: ``auto`` / ``torch`` / ``onnx`` / ``onnx-int8`` (default ``$VOXGUARD_EMBEDDER_RUNTIME``, else
+        ``auto``).  ``weights``: another GE2E checkpoint than the bundled one (tests, retraining).
+        ``onnx_cache``: where the ONNX export is cached (default ``$VOXGUARD_ONNX_CACHE``, else
+        the user cache directory)."""
         import torch
 
         with warnings.catch_warnings():
@@ -31,13 +51,42 @@ class ResemblyzerEmbedder:
         self._torch = torch
         self.device = pick_device(device)
         self.max_batch = max_batch
-        self._encoder = VoiceEncoder(self.device, verbose=False)
+        requested = resolve_runtime(runtime)
+        if requested.startswith("onnx"):
+            import_onnxruntime()  # a clear error before the model loads
+            if self.device != "cpu":
+                raise ModelError(f"the onnx embedder runtime runs on the CPU, not {self.device}; "
+                                 f"use --device cpu, or --runtime torch")
+        weights = Path(weights) if weights else Path(resemblyzer.__file__).parent / "pretrained.pt"
+        self._encoder = VoiceEncoder(self.device, verbose=False, weights_fpath=weights)
         self._encoder.eval()
         self._target_dbfs = audio_norm_target_dBFS
-        weights = Path(resemblyzer.__file__).parent / "pretrained.pt"
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-        self._version = f"resemblyzer-{metadata.version('resemblyzer')}+{digest}"
+        sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+        self._version = f"resemblyzer-{metadata.version('resemblyzer')}+{sha[:12]}"
         self._mel_basis = None
+        auto = requested == "auto"
+        if auto:
+            requested = "onnx" if self.device == "cpu" and onnxruntime_available() else "torch"
+        self.runtime = requested
+        self._onnx = None
+        if requested.startswith("onnx"):
+            int8 = requested == "onnx-int8"
+            try:
+                self._onnx = OnnxEncoder(self._encoder, "resemblyzer-ge2e", sha[:32], features=40,
+                                         threads=torch.get_num_threads(),
+                                         directory=Path(onnx_cache) if onnx_cache else None,
+                                         int8=int8, probe=self._probe_mels() if int8 else None)
+            except ModelError:
+                if not auto:
+                    raise
+                log.warning("ONNX export rejected; the resemblyzer encoder runs on torch")
+                self.runtime = "torch"
+            except Exception as e:  # asked for: the error; by default: PyTorch, as before
+                if not auto:
+                    raise ModelError(f"cannot run the resemblyzer encoder on ONNX Runtime: {e}; "
+                                     f"use --runtime torch") from e
+                log.warning("ONNX Runtime path unavailable (%s); the resemblyzer encoder runs on torch", e)
+                self.runtime = "torch"
 
     @property
     def identity(self) -> EmbedderIdentity:
@@ -56,6 +105,18 @@ class ResemblyzerEmbedder:
         mel = np.einsum("mf,nft->ntm", self._mel_basis, spec, optimize=True)
         return mel.astype(np.float32)
 
+    def _probe_mels(self) -> list[np.ndarray]:
+        """Mel spectrograms of a few voice-like windows (harmonics of a gliding pitch, syllable
+        envelope, a little noise), to check a quantised encoder on input like speech."""
+        rng = np.random.default_rng(7)
+        t = np.arange(24000) / 16000
+        out = []
+        for f0 in (95.0, 140.0, 210.0):
+            phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / 16000
+            x = sum(np.sin(k * phase) / k for k in range(1, 16)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
+            out.append((0.1 * x + 0.003 * rng.standard_normal(len(t))).astype(np.float32))
+        return [self._mels(self._normalise_volume(np.stack(out)))]
+
     def _normalise_volume(self, batch: np.ndarray) -> np.ndarray:
         # Resemblyzer's preprocess_wav: raise quiet audio to -30 dBFS (never lower it).
         rms = np.sqrt(np.mean(batch.astype(np.float64) ** 2, axis=1)) + 1e-12
@@ -70,8 +131,11 @@ class ResemblyzerEmbedder:
             batch = self._normalise_volume(np.stack([windows[i] for i in idx]).astype(np.float32))
             mels = self._mels(batch)
             for s in range(0, len(idx), self.max_batch):
-                chunk = torch.from_numpy(mels[s: s + self.max_batch]).to(self.device)
-                with torch.inference_mode():
-                    e = self._encoder(chunk).float().cpu().numpy()
+                if self._onnx is not None:
+                    e = self._onnx(mels[s: s + self.max_batch])
+                else:
+                    chunk = torch.from_numpy(mels[s: s + self.max_batch]).to(self.device)
+                    with torch.inference_mode():
+                        e = self._encoder(chunk).float().cpu().numpy()
                 out[idx[s: s + self.max_batch]] = e
         return l2_normalise(out)
