@@ -11,7 +11,8 @@ Phases, in one run:
    event arrived; p50/p95/p99 over all streams; whether each stream kept up (no dropped
    window, its own p95 under 1 s, its summary within 2 s of ``stop``); the daemon's CPU and
    peak RSS (psutil).
-3. **saturation** — the same N streams send as fast as the daemon reads; the daemon's
+3. **saturation** — the same N streams send as fast as the daemon reads, in the lossless
+   mode (``"realtime": false``: the daemon stops reading rather than drop); the daemon's
    sustained embedding rate (``voxguard_windows_embedded_total`` over the phase) and its
    ratio to the raw batch-64 rate.
 
@@ -229,8 +230,10 @@ async def run_stream(url: str, sid: str, speaker: str, pcm: bytes, t_start: floa
                      stats: StreamStats) -> None:
     step = int(RATE * CHUNK_S) * 2
     async with connect(url, max_size=None, compression=None) as ws:
+        # saturation streams are lossless (``realtime: false``): the daemon stops reading instead of
+        # dropping, so every window is embedded and the rate is the daemon's sustained maximum
         await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1,
-                                  "stream_id": sid}))
+                                  "stream_id": sid, **({} if realtime else {"options": {"realtime": False}})}))
 
         async def reader():
             try:

@@ -347,7 +347,8 @@ class Daemon:
     def engine_info(self) -> EngineInfo:
         snap = self.snapshot
         ident = self.embedder.identity
-        return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device)}, snapshot=snap)
+        return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device),
+                                    "runtime": getattr(self.embedder, "runtime", "torch")}, snapshot=snap)
 
     def _load(self) -> ScoringSnapshot:
         return load_snapshot(self.config.store, self.embedder.identity)
@@ -699,7 +700,7 @@ def run_daemon(config: ServeConfig, embedder) -> int:
     def announce(daemon: Daemon) -> None:
         print(listening_line(daemon), flush=True)
         info = daemon.snapshot.info()
-        print(f"voxguard serve: embedder {embedder.identity} on {embedder.device}; "
+        print(f"voxguard serve: embedder {embedder.identity} on {embedder.device} ({getattr(embedder, 'runtime', 'torch')}); "
               f"{info['enrolled_speakers']} enrolled speaker(s) from {config.store}", file=sys.stderr, flush=True)
 
     asyncio.run(Daemon(config, embedder).run(announce))

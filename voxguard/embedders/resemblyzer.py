@@ -8,7 +8,9 @@ as fast with one thread and up to twice as fast or more with two, see the README
 ``torch``.  The runtime is not part of the embedder's identity: stores and calibrations made
 with one apply to the other.  ``onnx-int8`` (opt-in) quantises the LSTM's second and third
 layers to int8: faster again, mean cosine 0.9996 (min 0.9985) to the others on AN4, AN4 EER
-12.73 % instead of 12.67 %; same identity.
+12.73 % instead of 12.67 %.  A few windows fall below cosine 0.999, so int8 embeddings are
+not "the same": ``onnx-int8`` has its own identity (version suffix ``+int8``), and stores and
+calibrations made with the float runtimes are refused with it.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class ResemblyzerEmbedder:
 
     @property
     def identity(self) -> EmbedderIdentity:
-        return EmbedderIdentity(self.name, self.dim, self._version)
+        version = self._version + ("+int8" if self.runtime == "onnx-int8" else "")
+        return EmbedderIdentity(self.name, self.dim, version)
 
     def _mels(self, batch: np.ndarray) -> np.ndarray:
         """[n, samples] -> [n, frames, 40] log-free mel power, as Resemblyzer computes it."""
