@@ -227,8 +227,8 @@ class StreamStats:
 
 
 async def run_stream(url: str, sid: str, speaker: str, pcm: bytes, t_start: float, realtime: bool,
-                     stats: StreamStats) -> None:
-    step = int(RATE * CHUNK_S) * 2
+                     stats: StreamStats, block: float = CHUNK_S) -> None:
+    step = int(RATE * (CHUNK_S if realtime else block)) * 2
     async with connect(url, max_size=None, compression=None) as ws:
         # saturation streams are lossless (``realtime: false``): the daemon stops reading instead of
         # dropping, so every window is embedded and the rate is the daemon's sustained maximum
@@ -282,32 +282,42 @@ async def scrape(port: int) -> str:
     return data.decode(errors="replace")
 
 
+def _main_thread_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the daemon's main thread: its asyncio event loop."""
+    return next((t.user_time + t.system_time for t in proc.threads() if t.id == proc.pid), 0.0)
+
+
 async def monitor(proc: psutil.Process, stop: asyncio.Event, out: dict) -> None:
     proc.cpu_percent(None)
     rss, t0 = 0, time.monotonic()
-    cpu0 = proc.cpu_times()
+    cpu0, loop0 = proc.cpu_times(), _main_thread_cpu(proc)
     while not stop.is_set():
         rss = max(rss, proc.memory_info().rss)
         await asyncio.sleep(0.5)
-    cpu1 = proc.cpu_times()
+    cpu1, loop1 = proc.cpu_times(), _main_thread_cpu(proc)
     busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-    out.update(rss=rss, cpu=busy / (time.monotonic() - t0))
+    elapsed = time.monotonic() - t0
+    out.update(rss=rss, cpu=busy / elapsed, loop_cpu=(loop1 - loop0) / elapsed)
 
 
 async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, duration: float,
-                realtime: bool) -> dict:
+                realtime: bool, block: float = CHUNK_S) -> dict:
     stats = [StreamStats(audio[i % len(audio)][0]) for i in range(n)]
     stop = asyncio.Event()
     usage: dict = {}
     mon = asyncio.create_task(monitor(daemon, stop, usage))
-    before = metric(await scrape(port), "voxguard_windows_embedded_total")
+    before_text = await scrape(port)
+    before = metric(before_text, "voxguard_windows_embedded_total")
     t_start = time.monotonic() + 1.0
     t0 = time.monotonic()
+    me = psutil.Process()
+    mine0 = me.cpu_times()
     await asyncio.gather(*(run_stream(url, f"s{i}", stats[i].speaker,
                                       audio[i % len(audio)][1][: int(duration * RATE) * 2],
-                                      t_start + (i / n) * 0.5 if realtime else t_start, realtime, stats[i])
+                                      t_start + (i / n) * 0.5 if realtime else t_start, realtime, stats[i], block)
                            for i in range(n)))
     elapsed = time.monotonic() - t_start
+    mine1 = me.cpu_times()
     stop.set()
     await mon
     after_text = await scrape(port)
@@ -324,9 +334,14 @@ async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, dura
         "dropped": sum(s.summary["windows"]["dropped"] if s.summary else 0 for s in stats),
         "latency_ms": {q: round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else None,
         "streams_kept_up": int(sum(kept_up)), "closed_1000": sum(s.close_code == 1000 for s in stats),
-        "daemon_cpu_cores": round(usage["cpu"], 2), "daemon_peak_rss_mib": round(usage["rss"] / 2**20, 1),
-        "batch_mean": round(metric(after_text, "voxguard_batch_size_sum") /
-                            max(metric(after_text, "voxguard_batch_size_count"), 1), 1),
+        "daemon_cpu_cores": round(usage["cpu"], 2), "event_loop_cpu_cores": round(usage["loop_cpu"], 2),
+        # the load generator (this process) shares the machine's cores with the daemon
+        "client_cpu_cores": round((mine1.user - mine0.user + mine1.system - mine0.system)
+                                  / max(time.monotonic() - t0, 1e-9), 2), "daemon_peak_rss_mib": round(usage["rss"] / 2**20, 1),
+        # the mean batch of this phase alone
+        "batch_mean": round((metric(after_text, "voxguard_batch_size_sum") - metric(before_text, "voxguard_batch_size_sum"))
+                            / max(metric(after_text, "voxguard_batch_size_count")
+                                  - metric(before_text, "voxguard_batch_size_count"), 1), 1),
     }
 
 
@@ -340,14 +355,36 @@ async def healthz(port: int) -> float:
     return time.perf_counter() - t0
 
 
-async def probe(port: int, seconds: float, interval: float = 0.002) -> list[tuple[float, float]]:
-    """(start, round trip) of back-to-back /healthz requests for ``seconds``."""
-    out, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        out.append((t, await healthz(port)))
-        await asyncio.sleep(interval)
-    return out
+PROBE = """
+import json, socket, sys, time
+port, seconds, interval = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+print("ready", flush=True)
+out, end = [], time.perf_counter() + seconds
+while time.perf_counter() < end:
+    t = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+        while s.recv(4096):
+            pass
+    out.append((t, time.perf_counter() - t))
+    time.sleep(interval)
+print(json.dumps(out), flush=True)
+"""
+
+
+async def probe(port: int, seconds: float, interval: float = 0.002, started: asyncio.Event | None = None
+                ) -> list[tuple[float, float]]:
+    """(start, round trip) of back-to-back /healthz requests for ``seconds``, from a process of
+    its own (so that nothing this process does — e.g. sending a 1 MiB frame — delays a probe);
+    ``started`` is set once it probes."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PROBE, str(port), str(seconds), str(interval),
+                                                stdout=asyncio.subprocess.PIPE)
+    await proc.stdout.readline()
+    if started is not None:
+        started.set()
+    out = json.loads(await proc.stdout.readline())
+    await proc.wait()
+    return [tuple(x) for x in out]
 
 
 async def stall_phase(url: str, port: int, pcm: bytes, frame_bytes: int, trials: int = 5) -> dict:
@@ -365,7 +402,9 @@ async def stall_phase(url: str, port: int, pcm: bytes, frame_bytes: int, trials:
             await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le",
                                       "channels": 1, "stream_id": f"stall{k}"}))
             await asyncio.sleep(0.2)
-            task = asyncio.create_task(probe(port, 1.5))
+            started = asyncio.Event()
+            task = asyncio.create_task(probe(port, 1.5, started=started))
+            await started.wait()
             await asyncio.sleep(0.1)
             await ws.send(frame)
             samples = await task
@@ -403,7 +442,8 @@ def run_deployment(name: str, args, store: Path) -> dict:
         # the raw rate right before saturation (the daemon idle): a shared machine's load drifts
         raw = raw_throughput(args.embedder, args.device)
         print(f"[{name}] raw embedder windows/s by batch:", {b: round(r, 1) for b, r in raw.items()}, flush=True)
-        sat = asyncio.run(phase(url, port, daemon, audio, args.streams, args.saturate, realtime=False))
+        sat = asyncio.run(phase(url, port, daemon, audio, args.streams, args.saturate, realtime=False,
+                                block=args.saturate_block))
         print(f"[{name}] saturation:", json.dumps(sat), flush=True)
     finally:
         proc.terminate()
@@ -418,6 +458,9 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=48)
     ap.add_argument("--duration", type=float, default=40.0, help="seconds of audio per real-time stream")
     ap.add_argument("--saturate", type=float, default=20.0, help="seconds of audio per stream in saturation")
+    ap.add_argument("--saturate-block", type=float, default=CHUNK_S,
+                    help=f"seconds of audio per message in saturation (default {CHUNK_S:g}, as in real time; a "
+                         f"file client may send larger blocks, e.g. voxguard stream --no-pace --block 1)")
     ap.add_argument("--deployment", choices=["plain", "recommended", "both"], default="both",
                     help="plain: uncalibrated store, no clones; recommended: calibrated (default backend), known "
                          "clones and a trained clone detector (default both, side by side)")
@@ -455,6 +498,9 @@ def main() -> int:
             ("top-1 correct", lambda r: f"{r['realtime']['top1_correct']:.1%}"),
             ("daemon CPU cores / RSS MiB", lambda r: f"{r['realtime']['daemon_cpu_cores']} / "
                                                      f"{r['realtime']['daemon_peak_rss_mib']}"),
+            ("saturation CPU cores: daemon / its loop / client", lambda r: f"{r['saturation']['daemon_cpu_cores']} / "
+                                                               f"{r['saturation']['event_loop_cpu_cores']} / "
+                                                               f"{r['saturation']['client_cpu_cores']}"),
             ("event-loop stall ms (<= 10)", lambda r: f"{r['event_loop']['stall_ms']} "
                                                       f"(max {r['event_loop']['stall_max_ms']}, idle "
                                                       f"{r['event_loop']['idle_stall_ms']})")]

@@ -12,11 +12,16 @@ Neither touches any stream's state: requests and results are immutable, and a st
 session (on the event loop) decides what a result means — or ignores it, when the window
 was dropped meanwhile.
 
-:class:`Batcher` runs them on two threads, a pipeline: the *embed* thread takes up to
-``max_batch`` requests from the queue (waiting at most ``max_wait`` after the oldest
-arrived for more to join) and embeds them, while the *score* thread scores the previous
-batch and hands its results to ``deliver`` (which the server routes back to the event
-loop).  While a batch runs, new requests queue up, so batches grow with the load.  The
+:class:`Batcher` runs them as a pipeline: each *embed* thread (one per embedder replica,
+``workers``) takes up to ``max_batch`` requests from the queue (waiting at most
+``max_wait`` after the oldest arrived for more to join) and embeds them, while the *score*
+thread scores finished batches — strictly in the order they were taken, so every stream
+gets its results in window order however many embed threads there are — and hands the
+results to ``deliver`` (which the server routes back to the event loop).  On a CPU, two
+single-threaded ONNX Runtime replicas keep both cores busy where one two-threaded model
+stalls whenever another thread (the event loop, scoring) takes a core.  The worker threads
+run at a lower priority (nice +5) than the event loop, so events and HTTP answers go out
+promptly while batches run.  While a batch runs, new requests queue up, so batches grow with the load.  The
 queue has one lock; :meth:`Batcher.withdraw` removes requests a stream dropped before the
 model saw them, and ``on_taken`` tells the streams which requests a batch took (those are
 answered for sure, so a stream never drops them: no model time is spent on a window whose
@@ -26,6 +31,7 @@ result would be thrown away).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -76,13 +82,25 @@ def failed(requests: Sequence[WindowRequest], e: BaseException) -> list[WindowRe
 
 
 _DONE = object()
+WORKER_NICE = 5  # the worker threads yield the CPU to the event loop (event latency) when both want it
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's nice value (Linux schedules threads by their own niceness)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
+        pass
 
 
 class Batcher:
     def __init__(self, embedder, deliver: Callable[[list[WindowResult]], None], max_batch: int = 64,
                  max_wait: float = 0.005, metrics=None,
-                 on_taken: Callable[[list[tuple[int, int]]], None] | None = None):
+                 on_taken: Callable[[list[tuple[int, int]]], None] | None = None, workers: Sequence | None = None,
+                 nice: int = WORKER_NICE):
         self.embedder = embedder
+        self.workers = list(workers) if workers else [embedder]  # one embed thread per replica
+        self.nice = nice
         self.deliver = deliver
         self.on_taken = on_taken  # told (key, index) of every batch the embed thread takes
         self.max_batch = max_batch
@@ -91,9 +109,11 @@ class Batcher:
         self._queue: deque[tuple[float, WindowRequest]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._embedded: queue.Queue = queue.Queue(maxsize=1)  # embed thread -> score thread
-        self._threads = [threading.Thread(target=self._embed_loop, name="voxguard-embed", daemon=True),
-                         threading.Thread(target=self._score_loop, name="voxguard-score", daemon=True)]
+        self._seq = 0  # batches taken so far (the score thread delivers in this order)
+        self._embedded: queue.Queue = queue.Queue(maxsize=len(self.workers))  # embed threads -> score thread
+        self._threads = [threading.Thread(target=self._embed_loop, args=(w,), name=f"voxguard-embed-{i}", daemon=True)
+                         for i, w in enumerate(self.workers)]
+        self._threads.append(threading.Thread(target=self._score_loop, name="voxguard-score", daemon=True))
 
     # -- control (event loop side) -------------------------------------------------------
     def start(self) -> None:
@@ -135,48 +155,68 @@ class Batcher:
         return len(self._queue)
 
     # -- worker threads ----------------------------------------------------------------------
-    def _take(self) -> list[WindowRequest] | None:
+    def _take(self) -> tuple[int, list[WindowRequest]] | None:
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            deadline = self._queue[0][0] + self.max_wait
-            while len(self._queue) < self.max_batch and not self._stopping:
-                left = deadline - time.monotonic()
-                if left <= 0:
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                deadline = self._queue[0][0] + self.max_wait
+                while len(self._queue) < self.max_batch and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._queue:
+                        break
+                    self._cond.wait(left)
+                if self._queue:  # (withdraw may have emptied it meanwhile)
                     break
-                self._cond.wait(left)
             n = min(self.max_batch, len(self._queue))
             batch = [self._queue.popleft()[1] for _ in range(n)]
+            seq, self._seq = self._seq, self._seq + 1
             depth = len(self._queue)
         if self.metrics:
             self.metrics.queue_depth.set(depth)
-        return batch
+        return seq, batch
 
-    def _embed_loop(self) -> None:
+    def _embed_loop(self, embedder) -> None:
+        _lower_priority(self.nice)
         while True:
-            batch = self._take()
-            if batch is None:
+            taken = self._take()
+            if taken is None:
                 self._embedded.put(_DONE)
                 return
+            seq, batch = taken
             if self.on_taken is not None:
                 self.on_taken([(r.key, r.index) for r in batch])
             t0 = time.perf_counter()
             try:
-                vecs = embed(self.embedder, batch)
+                vecs = embed(embedder, batch)
             except Exception as e:  # a broken model must not kill the worker silently
                 log.exception("embedding a batch of %d windows failed", len(batch))
-                self._embedded.put((batch, None, e, 0.0))
+                self._embedded.put((seq, batch, None, e, 0.0))
                 continue
-            self._embedded.put((batch, vecs, None, time.perf_counter() - t0))
+            self._embedded.put((seq, batch, vecs, None, time.perf_counter() - t0))
 
-    def _score_loop(self) -> None:
-        while True:
+    def _in_order(self):
+        """Embedded batches in the order they were taken (until every embed thread ended)."""
+        waiting: dict[int, tuple] = {}
+        expect, running = 0, len(self.workers)
+        while running:
             item = self._embedded.get()
             if item is _DONE:
-                return
-            batch, vecs, err, embed_s = item
+                running -= 1
+                continue
+            waiting[item[0]] = item
+            while expect in waiting:
+                yield waiting.pop(expect)
+                expect += 1
+        for seq in sorted(waiting):
+            yield waiting.pop(seq)
+
+    def _score_loop(self) -> None:
+        _lower_priority(self.nice)
+        for item in self._in_order():
+            _, batch, vecs, err, embed_s = item
             if err is None:
                 t0 = time.perf_counter()
                 try:

@@ -37,6 +37,7 @@ class ServeConfig:
     idle_timeout: float = 30.0
     write_timeout: float = 10.0
     max_batch: int = 64
+    embed_workers: int = 0  # embedder replicas run at once; 0 = auto (see --embed-workers)
     max_wait: float = 0.005
     faiss_threads: int = 1
     max_monitors: int = 32
@@ -66,6 +67,8 @@ class ServeConfig:
                 raise ConfigError(f"TLS file not found: {p}")
         if not 0 <= self.port <= 65535:
             raise ConfigError("--port must be between 0 and 65535")
+        if self.embed_workers < 0:
+            raise ConfigError("--embed-workers must be 0 (auto) or more")
         if self.max_streams < 1 or self.max_batch < 1 or self.limits.max_pending < 1:
             raise ConfigError("--max-streams, --max-batch and --max-pending-windows must be at least 1")
         for url in self.webhooks:
@@ -153,6 +156,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mon.add_argument("--webhook-timeout", type=float, default=5.0, help="seconds per webhook POST (default 5)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--max-batch", type=int, default=64, help="largest embedder batch (default 64)")
+    eng.add_argument("--embed-workers", type=int, default=0, metavar="N",
+                     help="embedder replicas embedding batches at the same time, splitting the model's "
+                          "threads (ONNX Runtime on CPU only; 0 = auto: one per core up to 2 there, else 1)")
     eng.add_argument("--max-wait-ms", type=float, default=5.0,
                      help="how long a window waits for others to join its batch (default 5 ms)")
     eng.add_argument("--faiss-threads", type=int, default=1,
@@ -180,6 +186,7 @@ def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
         tls_key=Path(args.tls_key).expanduser() if args.tls_key else None,
         allow_origins=tuple(args.allow_origin or ()), max_streams=args.max_streams,
         idle_timeout=args.idle_timeout, write_timeout=args.write_timeout, max_batch=args.max_batch,
+        embed_workers=args.embed_workers,
         max_wait=args.max_wait_ms / 1000.0, faiss_threads=args.faiss_threads, max_monitors=args.max_monitors,
         monitor_queue=args.monitor_queue, webhooks=tuple(args.webhook or ()), webhook_secret=args.webhook_secret or None,
         webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout,

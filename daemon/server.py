@@ -26,6 +26,7 @@ import socket
 import ssl
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -62,6 +63,8 @@ SEND_BUFFER = 128 * 1024  # kernel send buffer per stream (events are small: ~10
 MAX_OUTBOX = 1000  # events waiting to be written to one client before it counts as a slow consumer
 DRAIN_TIMEOUT = 60.0  # seconds to wait for a stream's in-flight windows at stop / shutdown
 SHUTDOWN_TIMEOUT = 90.0
+GIL_SWITCH_S = 0.001
+RESULTS_PER_TURN = 8  # window results handled per event-loop turn
 RETRY_AFTER = "5"  # seconds, on the 503s answered while shutting down
 
 
@@ -326,6 +329,8 @@ class Daemon:
         self.streams: dict[CallSession, Stream] = {}
         self.owners: dict[int, Stream] = {}  # each track's session key -> its stream (for worker results)
         self._snapshot: ScoringSnapshot | None = None  # what new streams are scored against
+        self._results: deque[WindowResult] = deque()  # worker results not yet handed to their streams
+        self._draining = False
         self.hub = MonitorHub(config.monitor_queue, self.metrics)
         self.rules = AlertRules(config.webhook_level) if config.webhooks else None
         self.webhooks: WebhookSender | None = None
@@ -349,6 +354,24 @@ class Daemon:
         ident = self.embedder.identity
         return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device),
                                     "runtime": getattr(self.embedder, "runtime", "torch")}, snapshot=snap)
+
+    def _embed_workers(self) -> list:
+        """The embedder replicas the worker runs at once (``--embed-workers``; auto: one per
+        core, at most 2, where the embedder can split its threads — ONNX Runtime on CPU)."""
+        n = self.config.embed_workers or min(2, os.cpu_count() or 1)
+        replicas = getattr(self.embedder, "replicas", None)
+        workers = replicas(n) if replicas is not None else [self.embedder]
+        for w in workers[1:]:  # each replica's first run is slow (lazy initialisation): not on a stream
+            w.embed([np.zeros(24000, dtype=np.float32)])
+        if all(str(getattr(w, "runtime", "torch")).startswith("onnx") for w in workers):
+            # PyTorch then runs only the clone countermeasure's small CNN, once per batch in the score
+            # thread: one thread, so that its OpenMP pool neither spins on nor competes for the cores
+            # the embed workers and the event loop use
+            import torch
+
+            torch.set_num_threads(1)
+        log.info("%d embed worker(s)", len(workers))
+        return workers
 
     def _load(self) -> ScoringSnapshot:
         return load_snapshot(self.config.store, self.embedder.identity)
@@ -391,7 +414,16 @@ class Daemon:
                 stream.session.taken(key, index)
 
     def _on_results(self, results: list[WindowResult]) -> None:
-        for r in results:
+        self._results.extend(results)
+        if not self._draining:
+            self._draining = True
+            self._drain_results()
+
+    def _drain_results(self) -> None:
+        """Hand results to their streams, :data:`RESULTS_PER_TURN` per event-loop turn (in
+        arrival order), so a batch of 64 never holds the loop for all its events at once."""
+        for _ in range(min(RESULTS_PER_TURN, len(self._results))):
+            r = self._results.popleft()
             stream = self.owners.get(r.key)
             if stream is None:
                 continue
@@ -400,6 +432,10 @@ class Daemon:
             except Exception:  # one stream's failure must not stop delivery to the others
                 log.exception("stream %s: handling a window result failed", stream.session.stream_id)
                 stream.fail(ProtocolError("internal_error", "unexpected server error"))
+        if self._results:
+            self._loop.call_soon(self._drain_results)
+        else:
+            self._draining = False
 
     def publish(self, event: dict) -> None:
         """Every event of every stream: to the monitor feed and the alert rules."""
@@ -620,6 +656,9 @@ class Daemon:
     async def run(self, on_listening=None) -> None:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
+        # the worker threads hold the GIL in their Python parts for up to the switch interval
+        # (5 ms by default) at a time: the event loop gets it back sooner, for lower event latency
+        sys.setswitchinterval(GIL_SWITCH_S)
         if cfg.faiss_threads > 0:
             # batches are small: OpenMP threads cost more in wake-ups than they save (py-spy: 11 % of
             # the daemon's samples in IndexFlat.search with the default threads on 2 busy cores)
@@ -631,7 +670,7 @@ class Daemon:
         self.metrics.set_index(snap.info())
         self._snapshot = snap
         self.batcher = Batcher(self.embedder, self._deliver, cfg.max_batch, cfg.max_wait, self.metrics,
-                               on_taken=self._taken)
+                               on_taken=self._taken, workers=await asyncio.to_thread(self._embed_workers))
         self.batcher.start()
         if cfg.webhooks:
             self.webhooks = WebhookSender(list(cfg.webhooks), cfg.webhook_secret, cfg.webhook_timeout,

@@ -58,6 +58,18 @@ def test_onnx_matches_torch_on_an4_windows(an4_windows, torch_embedder, onnx_emb
     np.testing.assert_allclose(onnx_embedder.embed(windows[:1]), b[:1], atol=1e-5)
 
 
+def test_replicas_split_threads_and_embed_alike(an4_windows, torch_embedder, onnx_embedder):
+    """The daemon's embed workers: replicas of one ONNX embedder, each with its own session."""
+    reps = onnx_embedder.replicas(2)
+    assert len(reps) == 2 and all(r.identity == onnx_embedder.identity for r in reps)
+    assert reps[0]._onnx._session is not reps[1]._onnx._session
+    assert all(r._onnx.threads == max(1, (onnx_embedder._onnx.threads or 1) // 2) for r in reps)
+    ref = onnx_embedder.embed(an4_windows[:8])
+    for r in reps:
+        assert np.min(np.sum(r.embed(an4_windows[:8]) * ref, axis=1)) > 0.9999
+    assert torch_embedder.replicas(2) == [torch_embedder]  # PyTorch: one process-wide pool, one worker
+
+
 def test_runtime_keeps_identity_and_caches_by_weights(tmp_path, cache, torch_embedder, onnx_embedder):
     import torch
     from resemblyzer import VoiceEncoder

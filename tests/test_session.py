@@ -315,3 +315,41 @@ def test_engine_identifies_and_verifies_an_enrolled_speaker(small_store, embedde
     _, jobs2 = feed(s2, pcm16(audio), [8000])
     verif2 = [e for r in batcher.process(jobs2) for e in s2.complete(r) if e["type"] == "verification"]
     assert verif2[-1]["session"]["decision"] == "reject"
+
+
+def test_worker_delivers_in_take_order_with_several_embed_threads():
+    """Two embed replicas, the first one slow: results still reach the streams in the order
+    the batches were taken (window order), and withdrawn requests are never embedded."""
+    import threading
+    import time as _time
+
+    from voxguard.daemon.batcher import Batcher
+
+    class Replica:
+        def __init__(self, delay):
+            self.delay, self.seen = delay, []
+
+        def embed(self, windows):
+            _time.sleep(self.delay)
+            self.seen.append(len(windows))
+            return np.zeros((len(windows), 4), np.float32)
+
+    s = CallSession(ENGINE, SessionLimits(max_pending=1000))
+    start(s)
+    _, reqs = feed(s, pcm16(with_silence(speech_like(8.0, seed=6))), [3200])
+    delivered, done = [], threading.Event()
+
+    def deliver(results):
+        delivered.extend(r.index for r in results)
+        if len(delivered) >= len(reqs) - 2:
+            done.set()
+
+    slow, fast = Replica(0.2), Replica(0.0)
+    b = Batcher(slow, deliver, max_batch=2, max_wait=0.0, workers=[slow, fast])
+    b.submit(reqs)
+    assert b.withdraw([(reqs[-1].key, reqs[-1].index), (reqs[-2].key, reqs[-2].index)]) == 2
+    b.start()
+    assert done.wait(30)
+    b.stop()
+    assert delivered == [r.index for r in reqs[:-2]]
+    assert slow.seen and fast.seen and sum(slow.seen) + sum(fast.seen) == len(reqs) - 2

@@ -7,6 +7,8 @@ the same function as the PyTorch path; embedders keep their identity whichever r
 
 from __future__ import annotations
 
+import copy
+
 import io
 import logging
 import os
@@ -129,6 +131,14 @@ class OnnxEncoder:
             self._save(model)
         elif cached:
             log.debug("ONNX encoder loaded from %s", self.path)
+        self._model = model  # the checked export, for sessions with other thread counts
+
+    def with_threads(self, threads: int) -> "OnnxEncoder":
+        """Another session of the same (already checked) export with ``threads`` intra-op threads."""
+        twin = copy.copy(self)
+        twin.threads = threads
+        twin._session = self._session_for(self._model)
+        return twin
 
     def _read_cache(self) -> tuple[bytes | None, bool]:
         try:

@@ -15,6 +15,7 @@ calibrations made with the float runtimes are refused with it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import warnings
@@ -89,6 +90,20 @@ class ResemblyzerEmbedder:
                                      f"use --runtime torch") from e
                 log.warning("ONNX Runtime path unavailable (%s); the resemblyzer encoder runs on torch", e)
                 self.runtime = "torch"
+
+    def replicas(self, n: int) -> list["ResemblyzerEmbedder"]:
+        """``n`` embedders that can run at the same time, splitting this one's threads: on
+        ONNX Runtime, ``n`` sessions of the same export with ``threads // n`` (at least 1)
+        intra-op threads each; otherwise (PyTorch's one process-wide pool) just this one."""
+        if n <= 1 or self._onnx is None:
+            return [self]
+        per = max(1, (self._onnx.threads or 1) // n)
+        out = []
+        for _ in range(n):
+            twin = copy.copy(self)
+            twin._onnx = self._onnx.with_threads(per)
+            out.append(twin)
+        return out
 
     @property
     def identity(self) -> EmbedderIdentity:
