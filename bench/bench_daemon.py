@@ -69,6 +69,21 @@ def an4_speakers() -> list[str]:
     return sorted(d.name for d in AN4.iterdir() if d.is_dir())
 
 
+def _building(path: Path) -> Path:
+    """A clean temporary path to build ``path`` at (a store is built aside, then moved in)."""
+    tmp = path.with_suffix(".building.db")
+    for p in tmp.parent.glob(tmp.name + "*"):
+        p.unlink()
+    return tmp
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Move a built store (and its index file) to ``path``."""
+    for suffix in ("", ".faiss"):
+        if os.path.exists(str(tmp) + suffix):
+            os.replace(str(tmp) + suffix, str(path) + suffix)
+
+
 def build_store(work: Path, embedder_name: str, device: str) -> Path:
     """The plain deployment: every AN4 speaker x 5 utterances, never calibrated (the shipped
     default calibration, raw cosine), no known clones (clone level ``unavailable``)."""
@@ -79,9 +94,7 @@ def build_store(work: Path, embedder_name: str, device: str) -> Path:
     path = work / f"an4-{embedder_name}.db"
     if path.exists():
         return path
-    tmp = path.with_suffix(".building.db")
-    for p in tmp.parent.glob(tmp.name + "*"):
-        p.unlink()
+    tmp = _building(path)
     emb = create_embedder(embedder_name, device=device)
     t0 = time.perf_counter()
     with SpeakerStore(tmp) as store:
@@ -89,9 +102,7 @@ def build_store(work: Path, embedder_name: str, device: str) -> Path:
         for spk in an4_speakers():
             enroller.enroll(spk, enrolled_files(spk, "plain"))
         enroller.refresh_index()
-    for suffix in ("", ".faiss"):
-        if os.path.exists(str(tmp) + suffix):
-            os.replace(str(tmp) + suffix, str(path) + suffix)
+    _publish(tmp, path)
     print(f"built store {path} in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
 
@@ -125,9 +136,7 @@ def build_recommended_store(work: Path, embedder_name: str, device: str, quick: 
     path = work / f"an4-{embedder_name}-recommended{'-quick' if quick else ''}.db"
     if path.exists():
         return path
-    tmp = path.with_suffix(".building.db")
-    for p in tmp.parent.glob(tmp.name + "*"):
-        p.unlink()
+    tmp = _building(path)
     emb = create_embedder(embedder_name, device=device)
     t0 = time.perf_counter()
     speakers = recommended_speakers(quick)
@@ -154,9 +163,7 @@ def build_recommended_store(work: Path, embedder_name: str, device: str, quick: 
         if cal is None or "clone_detector" not in cal[1]:
             raise SystemExit(f"calibrate stored no clone detector (see {work / 'calibrate.log'})")
         info = cal[1]["clone_detector"].get("info", {})
-    for suffix in ("", ".faiss"):
-        if os.path.exists(str(tmp) + suffix):
-            os.replace(str(tmp) + suffix, str(path) + suffix)
+    _publish(tmp, path)
     print(f"built store {path} in {time.perf_counter() - t0:.0f} s (countermeasure {info.get('model')})", flush=True)
     return path
 

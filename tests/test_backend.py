@@ -117,16 +117,25 @@ def test_wccn_asnorm_separates_better_than_cosine_on_held_out_speakers():
             assert far[0] < cos_far  # fewer false accepts at the same genuine acceptance
 
 
-def test_scorer_ranks_by_backend_and_keeps_raw_neighbour_evidence():
-    x, names = _speakers(seed=4)
+def _calibrated_index(seed: int, clone_every: int = 0, first_id: int = 0):
+    """Synthetic speakers, a wccn+asnorm calibration of them and their index (with every
+    ``clone_every``-th sample, from the 4th, marked a known clone)."""
+    x, names = _speakers(seed=seed)
     inp = CalibrationInput(x, names, np.zeros((0, x.shape[1])), np.zeros(0, dtype=str))
     cal = calibrate_input(inp, CalibrationConfig(backend="wccn+asnorm", asnorm_top=10))
     spk = sorted(set(names))
     pos = {n: i for i, n in enumerate(spk)}
     cent = np.zeros((len(spk), x.shape[1]))
     np.add.at(cent, [pos[n] for n in names], x)
-    idx = SpeakerIndex(spk, l2_normalise(cent), np.arange(len(x)), np.array([pos[n] for n in names]),
-                       np.zeros(len(x), np.int8), x.astype(np.float32), "id", 1, None, use_gpu=False)
+    kinds = ((np.arange(len(x)) % clone_every == 3) if clone_every else np.zeros(len(x), bool)).astype(np.int8)
+    idx = SpeakerIndex(spk, l2_normalise(cent), np.arange(len(x)) + first_id, np.array([pos[n] for n in names]),
+                       kinds, x.astype(np.float32), "id", 1, None, use_gpu=False)
+    return x, names, cal, idx
+
+
+def test_scorer_ranks_by_backend_and_keeps_raw_neighbour_evidence():
+    x, names, cal, idx = _calibrated_index(seed=4)
+    pos = {n: i for i, n in enumerate(sorted(set(names)))}
     th = Thresholds(cal.thresholds["accept"], "test", None, cal.backend.name)
     scorer = SpeakerScorer(idx, th, cal.backend)
     assert scorer.name == "wccn+asnorm"
@@ -164,16 +173,8 @@ def test_batched_search_equals_the_per_window_reference():
     from voxguard.llr import LinearLLR, TrialCalibration
     from voxguard.scoring import Calibration, _best_by_speaker
 
-    x, names = _speakers(seed=5)
-    inp = CalibrationInput(x, names, np.zeros((0, x.shape[1])), np.zeros(0, dtype=str))
-    cal = calibrate_input(inp, CalibrationConfig(backend="wccn+asnorm", asnorm_top=10))
+    x, names, cal, idx = _calibrated_index(seed=5, clone_every=7, first_id=100)  # every 7th sample a known clone
     spk = sorted(set(names))
-    pos = {n: i for i, n in enumerate(spk)}
-    cent = np.zeros((len(spk), x.shape[1]))
-    np.add.at(cent, [pos[n] for n in names], x)
-    kinds = (np.arange(len(x)) % 7 == 3).astype(np.int8)  # every 7th sample a known clone
-    idx = SpeakerIndex(spk, l2_normalise(cent), np.arange(len(x)) + 100, np.array([pos[n] for n in names]),
-                       kinds, x.astype(np.float32), "id", 1, None, use_gpu=False)
     trial = TrialCalibration.__new__(TrialCalibration)
     object.__setattr__(trial, "llr", LinearLLR(1.7, -0.3))
     calibration = Calibration("test", cal.backend, {("window", "wide"): trial})
