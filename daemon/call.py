@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from voxguard.audio import pcm_to_float
-from voxguard.protocol import ProtocolError, Start, Stop, parse_client_text
+from voxguard.protocol import ENCODINGS, ProtocolError, Start, Stop, parse_client_text
 
 from .session import EngineInfo, Output, Session, SessionLimits, WindowResult
 from .snapshot import ScoringSnapshot
@@ -159,7 +159,7 @@ class CallSession:
             raise ProtocolError("frame_too_large", f"binary message of {len(data)} bytes exceeds the "
                                                    f"limit of {self.limits.max_frame_bytes} bytes")
         enc = self.start.encoding
-        fb = Start(8000, enc, channels, "x").frame_bytes
+        fb = ENCODINGS[enc] * channels
         if len(data) % fb:
             raise ProtocolError("partial_frame", f"{len(data)} bytes is not a whole number of "
                                                  f"{fb}-byte sample frames ({enc}, {channels} channel(s))")

@@ -353,7 +353,7 @@ class Daemon:
         snap = self.snapshot
         ident = self.embedder.identity
         return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device),
-                                    "runtime": getattr(self.embedder, "runtime", "torch")}, snapshot=snap)
+                                    "runtime": self.embedder.runtime}, snapshot=snap)
 
     def _embed_workers(self) -> list:
         """The embedder replicas the worker runs at once (``--embed-workers``; auto: one per
@@ -361,9 +361,9 @@ class Daemon:
         n = self.config.embed_workers or min(2, os.cpu_count() or 1)
         replicas = getattr(self.embedder, "replicas", None)
         workers = replicas(n) if replicas is not None else [self.embedder]
-        for w in workers[1:]:  # each replica's first run is slow (lazy initialisation): not on a stream
+        for w in workers:  # each one's first forward pass is slow (lazy initialisation): not on a stream
             w.embed([np.zeros(24000, dtype=np.float32)])
-        if all(str(getattr(w, "runtime", "torch")).startswith("onnx") for w in workers):
+        if all(w.runtime.startswith("onnx") for w in workers):
             # PyTorch then runs only the clone countermeasure's small CNN, once per batch in the score
             # thread: one thread, so that its OpenMP pool neither spins on nor competes for the cores
             # the embed workers and the event loop use
@@ -664,13 +664,12 @@ class Daemon:
             # the daemon's samples in IndexFlat.search with the default threads on 2 busy cores)
             faiss.omp_set_num_threads(cfg.faiss_threads)
         snap = await asyncio.to_thread(self._load)
-        # the first forward pass is slow (lazy initialisation): do it before accepting streams
-        await asyncio.to_thread(self.embedder.embed, [np.zeros(24000, dtype=np.float32)])
+        workers = await asyncio.to_thread(self._embed_workers)
         self.metrics.set_model(self.embedder.identity, self.embedder.device)
         self.metrics.set_index(snap.info())
         self._snapshot = snap
         self.batcher = Batcher(self.embedder, self._deliver, cfg.max_batch, cfg.max_wait, self.metrics,
-                               on_taken=self._taken, workers=await asyncio.to_thread(self._embed_workers))
+                               on_taken=self._taken, workers=workers)
         self.batcher.start()
         if cfg.webhooks:
             self.webhooks = WebhookSender(list(cfg.webhooks), cfg.webhook_secret, cfg.webhook_timeout,
@@ -739,7 +738,7 @@ def run_daemon(config: ServeConfig, embedder) -> int:
     def announce(daemon: Daemon) -> None:
         print(listening_line(daemon), flush=True)
         info = daemon.snapshot.info()
-        print(f"voxguard serve: embedder {embedder.identity} on {embedder.device} ({getattr(embedder, 'runtime', 'torch')}); "
+        print(f"voxguard serve: embedder {embedder.identity} on {embedder.device} ({embedder.runtime}); "
               f"{info['enrolled_speakers']} enrolled speaker(s) from {config.store}", file=sys.stderr, flush=True)
 
     asyncio.run(Daemon(config, embedder).run(announce))

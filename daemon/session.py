@@ -155,8 +155,7 @@ class Output:
 
 @dataclass(frozen=True)
 class _Outstanding:
-    start: float
-    end: float
+    request: WindowRequest  # what was handed to the worker (the window's times among it)
     received_at: float  # the caller's clock when the audio completing this window arrived
 
 
@@ -298,9 +297,10 @@ class Session:
         for w in windows:
             samples = np.array(w.samples, dtype=np.float32)  # the request's own, read-only copy
             samples.flags.writeable = False
-            out.requests.append(WindowRequest(self.key, w.index, w.start, w.end, samples, self.snapshot, self.band,
-                                              self.start.claimed_speaker, self.start.options.top_k))
-            self._outstanding[w.index] = _Outstanding(w.start, w.end, now)
+            req = WindowRequest(self.key, w.index, w.start, w.end, samples, self.snapshot, self.band,
+                                self.start.claimed_speaker, self.start.options.top_k)
+            out.requests.append(req)
+            self._outstanding[w.index] = _Outstanding(req, now)
             if self.realtime and len(self._outstanding) > self.limits.max_pending:
                 victim = next((i for i in self._outstanding if i not in self._taken), None)
                 if victim is not None:
@@ -350,10 +350,11 @@ class Session:
         self._taken.discard(result.index)
         if slot is None:
             return []
+        req = slot.request
         if result.error is not None:
             raise RuntimeError(result.error)
         self.scored += 1
-        win = {"index": result.index, "start": round(slot.start, 4), "end": round(slot.end, 4)}
+        win = {"index": result.index, "start": round(req.start, 4), "end": round(req.end, 4)}
         best = result.window.best if result.window else None
         decision = self.identity.update(best.speaker if best else None, best.llr if best else None)
         if decision.speaker is not None:
@@ -363,7 +364,7 @@ class Session:
         top_k = self.start.options.top_k
         win_cal = self.snapshot.trial("window", self.band)
         events = [self.event(
-            "identity", slot.end, window=win, speaker=best.speaker if best else None,
+            "identity", req.end, window=win, speaker=best.speaker if best else None,
             score=_r(best.score) if best else None, llr=_r(best.llr) if best else None,
             cosine=_r(best.cosine) if best else None,
             margin=_r(result.window.margin) if result.window else None,
@@ -375,14 +376,14 @@ class Session:
             v = self.verification
             w, _ = v.update(result.claimed_score)
             events.append(self.event(
-                "verification", slot.end, claimed_speaker=v.claimed, threshold=_r(v.threshold),
+                "verification", req.end, claimed_speaker=v.claimed, threshold=_r(v.threshold),
                 calibration=None if win_cal is None else win_cal.label(),
                 window={**win, "score": _r(result.claimed_score), "llr": _r(v.window_llr(result.claimed_score)),
                         "decision": w},
                 session=v.session_dict()))
         if result.clone is not None and self.clone.update(result.clone):
             c = result.clone
-            events.append(self.event("clone_suspicion", slot.end, window=win, speaker=c.speaker,
+            events.append(self.event("clone_suspicion", req.end, window=win, speaker=c.speaker,
                                      score=_r(c.score), llr=_r(c.llr), level=c.level, evidence=c.evidence,
                                      session=self.clone.as_dict()))
         return events

@@ -83,13 +83,10 @@ class CommandCloner:
             raise CloningError(f"{argv[0]} exited with status {proc.returncode}{detail}")
 
     def clone(self, target: TargetVoice, count: int, texts: Sequence[str], rng: np.random.Generator) -> list[Clone]:
-        refs = list(target.references)
-        order = rng.permutation(len(refs))
         clones = []
         with tempfile.TemporaryDirectory(prefix="voxguard-clone-") as tmp:
             tmpdir = Path(tmp)
-            for i in range(count):
-                ref = refs[order[i % len(refs)]]
+            for i, ref in enumerate(target.references_in_turn(count, rng)):
                 text = texts[i % len(texts)]
                 ref_path = tmpdir / f"ref-{ref.sample_id}.wav"
                 if not ref_path.exists():

@@ -19,7 +19,7 @@ import librosa
 import numpy as np
 
 from .. import SAMPLE_RATE
-from .cloning import Clone, CloningError, TargetVoice, reject_options
+from .cloning import Clone, CloningError, TargetVoice, random_factor, reject_options
 
 N_FFT = 1024
 HOP = 256
@@ -65,12 +65,9 @@ class GriffinLimCloner:
         return {"n_iter": self.n_iter, "tempo_range": self.tempo_range, "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS}
 
     def clone(self, target: TargetVoice, count: int, texts: Sequence[str], rng: np.random.Generator) -> list[Clone]:
-        refs = list(target.references)
-        order = rng.permutation(len(refs))
         out = []
-        for i in range(count):
-            ref = refs[order[i % len(refs)]]
-            tempo = float(rng.uniform(1 - self.tempo_range, 1 + self.tempo_range)) if self.tempo_range else 1.0
+        for ref in target.references_in_turn(count, rng):
+            tempo = random_factor(rng, self.tempo_range)
             y = mel_griffin_lim(ref.audio, self.n_iter, tempo, seed=int(rng.integers(2 ** 31)))
             out.append(Clone(y, ref.label, {"tempo_factor": round(tempo, 4)}))
         return out

@@ -15,7 +15,7 @@ import numpy as np
 import pyworld as pw
 
 from .. import SAMPLE_RATE
-from .cloning import Clone, CloningError, TargetVoice, reject_options
+from .cloning import Clone, CloningError, TargetVoice, random_factor, reject_options
 
 FRAME_PERIOD_MS = 5.0
 
@@ -85,13 +85,10 @@ class VocoderCloner:
                 "frame_period_ms": FRAME_PERIOD_MS}
 
     def clone(self, target: TargetVoice, count: int, texts: Sequence[str], rng: np.random.Generator) -> list[Clone]:
-        refs = list(target.references)
-        order = rng.permutation(len(refs))
         clones = []
-        for i in range(count):
-            ref = refs[order[i % len(refs)]]
-            pitch = float(rng.uniform(1 - self.pitch_range, 1 + self.pitch_range)) if self.pitch_range else 1.0
-            tempo = float(rng.uniform(1 - self.tempo_range, 1 + self.tempo_range)) if self.tempo_range else 1.0
+        for ref in target.references_in_turn(count, rng):
+            pitch = random_factor(rng, self.pitch_range)
+            tempo = random_factor(rng, self.tempo_range)
             feats = world_analyse(ref.audio, f0_method=self.f0_method)
             if tempo != 1.0:
                 feats = stretch(feats, tempo)

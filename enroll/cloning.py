@@ -71,6 +71,17 @@ class TargetVoice:
     speaker: str
     references: tuple[Reference, ...]
 
+    def references_in_turn(self, count: int, rng: np.random.Generator) -> list[Reference]:
+        """``count`` references, each used in turn in a random order (one ``rng`` draw)."""
+        refs = list(self.references)
+        order = rng.permutation(len(refs))
+        return [refs[order[i % len(refs)]] for i in range(count)]
+
+
+def random_factor(rng: np.random.Generator, spread: float) -> float:
+    """A factor drawn uniformly from ``[1 - spread, 1 + spread]`` (1.0, and no draw, for 0)."""
+    return float(rng.uniform(1 - spread, 1 + spread)) if spread else 1.0
+
 
 @dataclass
 class Clone:

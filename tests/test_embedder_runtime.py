@@ -58,6 +58,28 @@ def test_onnx_matches_torch_on_an4_windows(an4_windows, torch_embedder, onnx_emb
     np.testing.assert_allclose(onnx_embedder.embed(windows[:1]), b[:1], atol=1e-5)
 
 
+@pytest.mark.an4
+@pytest.mark.parametrize("condition", ["telephone", "noise-brown-5db", "reverb-0.7s", "opus-8k-nb"])
+def test_onnx_matches_torch_on_degraded_audio(an4_speakers, torch_embedder, onnx_embedder, condition):
+    """Not only on AN4's close-talk audio: the same through the telephone band, noise, reverberation
+    and a narrow-band codec (ffmpeg)."""
+    from voxguard.audio import load_audio
+    from voxguard.bands import telephone_simulation
+    from voxguard.channels import apply_chain, ffmpeg_available
+    from voxguard.windows import speech_windows
+
+    if condition == "opus-8k-nb" and not ffmpeg_available():
+        pytest.skip("ffmpeg is not installed")
+    windows = []
+    for i, spk in enumerate(list(an4_speakers)[4:7]):
+        x = load_audio(an4_speakers[spk][0]).samples
+        y = telephone_simulation(x) if condition == "telephone" else apply_chain(x, [condition], seed=i)
+        windows += [w.samples for w in speech_windows(np.asarray(y, np.float32))]
+    assert len(windows) >= 3
+    cos = np.sum(torch_embedder.embed(windows) * onnx_embedder.embed(windows), axis=1)
+    assert cos.min() >= 0.9999
+
+
 def test_replicas_split_threads_and_embed_alike(an4_windows, torch_embedder, onnx_embedder):
     """The daemon's embed workers: replicas of one ONNX embedder, each with its own session."""
     reps = onnx_embedder.replicas(2)

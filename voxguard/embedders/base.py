@@ -28,6 +28,7 @@ class Embedder(Protocol):
     name: str
     dim: int
     device: str
+    runtime: str  # what computes the model: "torch", or "onnx" / "onnx-int8" (ONNX Runtime)
 
     @property
     def identity(self) -> EmbedderIdentity: ...

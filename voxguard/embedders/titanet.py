@@ -93,6 +93,7 @@ class TitaNetEmbedder:
     """Batched TitaNet embeddings of 16 kHz windows (L2-normalised)."""
 
     name = "titanet"
+    runtime = "torch"
 
     def __init__(self, model: str | None = None, device: str = "auto", max_batch: int = 64):
         import torch
