@@ -4,5 +4,5 @@ from conftest import run_cli
 def test_help_lists_commands():
     r = run_cli("--help")
     assert r.returncode == 0
-    for cmd in ("enroll", "verify", "identify", "datasets"):
+    for cmd in ("enroll", "verify", "identify", "datasets", "models"):
         assert cmd in r.stdout.decode()

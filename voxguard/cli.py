@@ -23,6 +23,7 @@ from .paths import default_store
 COMMAND_MODULES = [
     "voxguard.enroll.commands",
     "voxguard.enroll.datasets",
+    "voxguard.models",
     "voxguard.enroll.calibrate_commands",
     "voxguard.enroll.clone_commands",
     "voxguard.daemon.commands",

@@ -18,3 +18,8 @@ def default_store_path() -> Path:
 def default_store() -> str | Path:
     """``$VOXGUARD_STORE`` (a path or a ``postgresql://`` URL) or :func:`default_store_path`."""
     return os.environ.get(STORE_ENV) or default_store_path()
+
+
+def default_cache_dir() -> Path:
+    """voxguard's user cache directory (ONNX exports, downloaded model checkpoints)."""
+    return Path(platformdirs.user_cache_dir("voxguard", appauthor=False))
