@@ -234,6 +234,11 @@ class CallSession:
         s = self._by_key[result.key][1]
         return self._tag(s.complete(result), s)
 
+    def complete_check(self, result) -> list[dict]:
+        """A countermeasure check of track ``result.key`` came back."""
+        s = self._by_key[result.key][1]
+        return self._tag(s.complete_check(result), s)
+
     def store_changed(self, snapshot: ScoringSnapshot) -> list[dict]:
         """A reload made ``snapshot`` current.  Streams keep scoring against the snapshot
         they started with; a claim on a speaker the new snapshot no longer enrolls is revoked."""

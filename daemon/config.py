@@ -47,6 +47,8 @@ class ServeConfig:
     webhook_level: str = "medium"
     webhook_timeout: float = 5.0
     follow_interval: float = 0.5  # seconds between store revision checks (SQLite poll; PostgreSQL listen timeout)
+    countermeasure: str = "auto"  # auto: the default model when installed; none; or a model name
+    countermeasure_budget: float = 0.5  # share of one CPU core the countermeasure may use
     limits: SessionLimits = field(default_factory=SessionLimits)
 
     def __post_init__(self) -> None:  # a path or URL given directly becomes a StoreLocation
@@ -76,6 +78,8 @@ class ServeConfig:
                 raise ConfigError(f"--webhook must be an http:// or https:// URL, got {url!r}")
         if self.max_monitors < 1 or self.monitor_queue < 1:
             raise ConfigError("--max-monitors and --monitor-queue must be at least 1")
+        if not 0.0 < self.countermeasure_budget <= 1.0:
+            raise ConfigError("--countermeasure-budget must be in (0, 1] (a share of one CPU core)")
         if self.webhook_timeout <= 0:
             raise ConfigError("--webhook-timeout must be positive")
         if self.follow_interval < 0:
@@ -166,6 +170,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     eng.add_argument("--follow-interval", type=float, default=0.5, metavar="SECONDS",
                      help="how often the store's revision is checked (SQLite poll; PostgreSQL LISTEN timeout) "
                           "to reload by itself (default 0.5; 0: reload only on SIGHUP or /admin/reload)")
+    eng.add_argument("--countermeasure", metavar="NAME", default=env("VOXGUARD_COUNTERMEASURE", "auto"),
+                     help="pretrained clone countermeasure checking every track's voiced audio: a model of "
+                          "`voxguard models list`, 'none', or 'auto' (default: the default model when it is "
+                          "installed, else none, said in every ready event)")
+    eng.add_argument("--countermeasure-budget", type=float, default=0.5, metavar="CORES",
+                     help="share of one CPU core the countermeasure may use (default 0.5; on CUDA it is not "
+                          "limited): under load it checks fewer spans, never delays identity windows")
     eng.add_argument("--enter-windows", type=int, default=2,
                      help="consistent windows before a speaker becomes current (default 2)")
     eng.add_argument("--exit-windows", type=int, default=3,
@@ -190,6 +201,7 @@ def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
         max_wait=args.max_wait_ms / 1000.0, faiss_threads=args.faiss_threads, max_monitors=args.max_monitors,
         monitor_queue=args.monitor_queue, webhooks=tuple(args.webhook or ()), webhook_secret=args.webhook_secret or None,
         webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout,
-        follow_interval=args.follow_interval, limits=limits)
+        follow_interval=args.follow_interval, countermeasure=args.countermeasure,
+        countermeasure_budget=args.countermeasure_budget, limits=limits)
     cfg.check()
     return cfg

@@ -42,6 +42,16 @@ class DaemonMetrics:
         self.events = Counter("voxguard_events_total", "Events sent, by type", ["type"], registry=r)
         self.clone_suspicions = Counter("voxguard_clone_suspicions_total",
                                         "Windows with clone suspicion, by level", ["level"], registry=r)
+        self.cm_checks = Counter("voxguard_countermeasure_checks_total",
+                                 "Countermeasure checks of voiced contexts, by outcome (ok, failed, skipped: "
+                                 "superseded by the track's next check under load)", ["outcome"], registry=r)
+        self.cm_seconds = Histogram("voxguard_countermeasure_seconds", "Countermeasure model time per batch",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.cm_audio_seconds = Counter("voxguard_countermeasure_audio_seconds_total",
+                                        "Seconds of voiced audio the countermeasure checked (coverage = this / "
+                                        "voxguard_voiced_seconds_total)", registry=r)
+        self.cm_queue_depth = Gauge("voxguard_countermeasure_queue_depth", "Countermeasure checks waiting",
+                                    registry=r)
         self.errors = Counter("voxguard_errors_total", "Streams ended by an error, by code", ["code"], registry=r)
         self.reloads = Counter("voxguard_reloads_total", "Store/index reloads, by result", ["result"], registry=r)
         self.monitor_subscribers = Gauge("voxguard_monitor_subscribers", "Connected /v1/monitor subscribers",

@@ -45,6 +45,8 @@ from voxguard.protocol import (ERRORS, MONITOR_PATH, STREAM_PATH, TWILIO_PATH, P
 from .alerts import AlertRules, WebhookSender
 from .batcher import Batcher
 from .call import CallSession
+from .countermeasure_checks import ContextResult, CountermeasureInfo
+from .countermeasure_worker import CountermeasureWorker
 from .config import ConfigError, ServeConfig
 from .follow import StoreFollower
 from .http_input import BodyTolerantConnection, origin_refusal
@@ -154,15 +156,24 @@ class Stream:
             for r in out.requests:
                 self.daemon.owners[r.key] = self
             self.daemon.batcher.submit(out.requests)
+        if out.checks and self.daemon.cm_worker is not None:
+            for c in out.checks:
+                self.daemon.owners[c.key] = self
+            self.daemon.cm_worker.submit(out.checks)
         m = self.daemon.metrics
         t, v = self.session.audio_seconds, self.session.speech_seconds
         m.audio_seconds.inc(max(0.0, t - self._audio_s))
         m.voiced_seconds.inc(max(0.0, v - self._voiced_s))
         self._audio_s, self._voiced_s = t, v
 
-    def on_result(self, result: WindowResult) -> None:
+    def on_result(self, result: WindowResult | ContextResult) -> None:
         self.progress.set()
         if self.dead:
+            return
+        if isinstance(result, ContextResult):
+            for ev in self.session.complete_check(result):
+                self.daemon.metrics.clone_suspicions.labels(ev["level"]).inc()
+                self.emit(ev)
             return
         received_at = self.session.received_at(result)
         try:
@@ -209,6 +220,8 @@ class Stream:
             self.receiver.cancel()
 
     def _cancel_jobs(self) -> None:
+        if self.daemon.cm_worker is not None:
+            self.daemon.cm_worker.withdraw(self.session.keys)
         self.daemon.batcher.withdraw(self.session.abandon())
         self.progress.set()
 
@@ -335,6 +348,10 @@ class Daemon:
         self.rules = AlertRules(config.webhook_level) if config.webhooks else None
         self.webhooks: WebhookSender | None = None
         self.batcher: Batcher | None = None
+        self.countermeasure = None  # InstalledCountermeasure, when one checks the streams
+        self.countermeasure_reason: str | None = None
+        self.cm_worker: CountermeasureWorker | None = None
+        self._cm_info: CountermeasureInfo | None = None
         self.ready = False
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -353,7 +370,37 @@ class Daemon:
         snap = self.snapshot
         ident = self.embedder.identity
         return EngineInfo(embedder={**ident.as_dict(), "device": str(self.embedder.device),
-                                    "runtime": self.embedder.runtime}, snapshot=snap)
+                                    "runtime": self.embedder.runtime}, snapshot=snap,
+                          countermeasure=self._cm_info, countermeasure_reason=self.countermeasure_reason)
+
+    def _load_countermeasure(self) -> None:
+        """``--countermeasure``: the installed model and its shipped calibration, or why there is none
+        (``auto`` without an installed model serves without one; a named one that fails is an error)."""
+        from voxguard.clone_detection import SessionRule
+        from voxguard.countermeasures.load import installed_countermeasure
+
+        self._cm_info = None
+        choice = self.config.countermeasure
+        if choice == "none":
+            self.countermeasure_reason = "disabled (--countermeasure none)"
+            return
+        on_cuda = str(self.embedder.device).startswith("cuda")
+        cm, why = installed_countermeasure(None if choice == "auto" else choice, device="auto",
+                                           threads=None if on_cuda else 1)
+        if cm is None:
+            if choice != "auto":
+                raise ConfigError(f"--countermeasure {choice}: {why}")
+            self.countermeasure_reason = why
+            log.warning("clone countermeasure: %s", why)
+            return
+        cal = cm.calibration
+        rule = SessionRule.from_dict(cal.info["session"]) if "session" in cal.info else SessionRule.for_targets(
+            1.0, 0.0, cm.model.context_samples / 16000)
+        self.countermeasure = cm
+        self._cm_info = CountermeasureInfo(cal.name, cm.model.context_samples, cm.model.min_samples, cal.edges,
+                                           rule, str(cm.model.device))
+        cm.model.outputs([np.zeros(cm.model.min_samples, dtype=np.float32)])  # warm up before serving
+        log.info("clone countermeasure: %s on %s", cal.name, cm.model.device)
 
     def _embed_workers(self) -> list:
         """The embedder replicas the worker runs at once (``--embed-workers``; auto: one per
@@ -665,12 +712,17 @@ class Daemon:
             faiss.omp_set_num_threads(cfg.faiss_threads)
         snap = await asyncio.to_thread(self._load)
         workers = await asyncio.to_thread(self._embed_workers)
+        await asyncio.to_thread(self._load_countermeasure)
         self.metrics.set_model(self.embedder.identity, self.embedder.device)
         self.metrics.set_index(snap.info())
         self._snapshot = snap
         self.batcher = Batcher(self.embedder, self._deliver, cfg.max_batch, cfg.max_wait, self.metrics,
                                on_taken=self._taken, workers=workers)
         self.batcher.start()
+        if self.countermeasure is not None:
+            self.cm_worker = CountermeasureWorker(self.countermeasure, self._deliver, cfg.countermeasure_budget,
+                                                  metrics=self.metrics)
+            self.cm_worker.start()
         if cfg.webhooks:
             self.webhooks = WebhookSender(list(cfg.webhooks), cfg.webhook_secret, cfg.webhook_timeout,
                                           metrics=self.metrics)
@@ -683,6 +735,8 @@ class Daemon:
                 ssl=self._ssl(), server_header="voxguard")
         except OSError as e:
             self.batcher.stop()
+            if self.cm_worker is not None:
+                self.cm_worker.stop()
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         self.ready = True
@@ -727,6 +781,8 @@ class Daemon:
         except TimeoutError:
             log.error("streams still open after %g s; closing them", SHUTDOWN_TIMEOUT)
         await asyncio.to_thread(self.batcher.stop)
+        if self.cm_worker is not None:
+            await asyncio.to_thread(self.cm_worker.stop)
 
 
 def listening_line(daemon: Daemon) -> str:

@@ -34,6 +34,7 @@ window anyway (it was taken just before the news arrived) is ignored by its inde
 from __future__ import annotations
 
 import itertools
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -45,10 +46,12 @@ from voxguard.audio import downmix
 from voxguard.bands import WIDE, detect_band
 from voxguard.clone_detection import CloneAssessment
 from voxguard.index import SearchResult
-from voxguard.protocol import PROTOCOL_VERSION, WARNINGS, ProtocolError, Start
+from voxguard.protocol import CLONE_LEVELS, PROTOCOL_VERSION, WARNINGS, ProtocolError, Start
 from voxguard.vad import SpeechEnd, SpeechStart, VadConfig, VoiceActivityDetector, Voiced
 from voxguard.windows import WindowConfig, WindowScheduler
 
+from .countermeasure_checks import (ContextRequest, ContextResult, ContextScheduler, CountermeasureInfo,
+                                    CountermeasureTracker)
 from .decisions import CloneTracker, IdentityTracker, SessionEvidence, VerificationTracker
 from .snapshot import ScoringSnapshot
 
@@ -74,6 +77,14 @@ class EngineInfo:
 
     embedder: dict
     snapshot: ScoringSnapshot
+    countermeasure: CountermeasureInfo | None = None  # the pretrained countermeasure, when installed
+    countermeasure_reason: str | None = None  # why there is none
+
+    def countermeasure_status(self) -> dict:
+        """The ``ready`` event's ``countermeasure``: what checks this stream's voiced audio, or why nothing does."""
+        if self.countermeasure is None:
+            return {"available": False, "reason": self.countermeasure_reason or "no countermeasure"}
+        return {"available": True, **self.countermeasure.as_dict()}
 
     @property
     def speakers(self) -> frozenset[str]:
@@ -140,6 +151,7 @@ class Output:
     events: list[dict] = field(default_factory=list)
     requests: list[WindowRequest] = field(default_factory=list)
     withdrawn: list[tuple[int, int]] = field(default_factory=list)  # (key, index) dropped by the overload policy
+    checks: list[ContextRequest] = field(default_factory=list)  # countermeasure contexts for its worker
     stop: bool = False  # the client sent ``stop``: flush done, send the summary once the backlog is empty
 
     @property
@@ -150,6 +162,7 @@ class Output:
         self.events.extend(other.events)
         self.requests.extend(other.requests)
         self.withdrawn.extend(other.withdrawn)
+        self.checks.extend(other.checks)
         self.stop = self.stop or other.stop
 
 
@@ -166,6 +179,10 @@ def _r(x: float | None) -> float | None:
 def _top(result: SearchResult | None, k: int = 20) -> list[dict]:
     return [] if result is None else [{"speaker": s.speaker, "score": _r(s.score), "llr": _r(s.llr),
                                        "cosine": _r(s.cosine)} for s in result.speakers[:k]]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
 _keys = itertools.count(1)
@@ -206,6 +223,10 @@ class Session:
                                                     self.limits.verify_min_windows)
         self.evidence = SessionEvidence()
         self.clone = CloneTracker()
+        cm = engine.countermeasure
+        self._cm = None if cm is None else ContextScheduler(self.key, cm.context_samples, cm.min_samples)
+        self.countermeasure = None if cm is None else CountermeasureTracker(cm)
+        self._checks: dict[int, ContextRequest] = {}  # countermeasure checks not answered yet
         self.heard: dict[str, int] = {}  # speaker -> windows the identity decision held it
         self.scored = 0
         self.dropped = 0
@@ -223,8 +244,8 @@ class Session:
 
     @property
     def backlog(self) -> int:
-        """Windows handed to the worker whose results have not come back."""
-        return len(self._outstanding)
+        """Windows (and countermeasure checks) handed to the workers whose results have not come back."""
+        return len(self._outstanding) + len(self._checks)
 
     def received_at(self, index: int) -> float | None:
         o = self._outstanding.get(index)
@@ -245,6 +266,7 @@ class Session:
             input={"sample_rate": start.sample_rate, "encoding": start.encoding, "channels": start.channels},
             options={"window": o.window, "hop": o.hop, "vad_aggressiveness": o.vad_aggressiveness,
                      "vad_frame_ms": o.vad_frame_ms, "top_k": o.top_k, "realtime": o.realtime},
+            countermeasure=self.engine.countermeasure_status(),
             claimed_speaker=start.claimed_speaker)
 
     # -- input ----------------------------------------------------------------------------------
@@ -285,6 +307,8 @@ class Session:
         for ev in vad_events:
             if isinstance(ev, Voiced):
                 windows.extend(self._windows.push(ev.samples, ev.start))
+                if self._cm is not None:
+                    out.checks.extend(self._cm.push(ev.samples, ev.start))
             elif isinstance(ev, SpeechStart):
                 self._speech_started_at = ev.time
                 out.events.append(self.event("speech_start", ev.time))
@@ -294,6 +318,11 @@ class Session:
                 self._speech_started_at = None
         if final:
             windows.extend(self._windows.flush())
+            last = self._cm.flush() if self._cm is not None else None
+            if last is not None:
+                out.checks.append(last)
+        for c in out.checks:
+            self._checks[c.index] = c
         for w in windows:
             samples = np.array(w.samples, dtype=np.float32)  # the request's own, read-only copy
             samples.flags.writeable = False
@@ -329,6 +358,7 @@ class Session:
         gone = [(self.key, i) for i in self._outstanding]
         self._outstanding.clear()
         self._taken.clear()
+        self._checks.clear()
         return gone
 
     # -- store changes ---------------------------------------------------------------------
@@ -385,8 +415,40 @@ class Session:
             c = result.clone
             events.append(self.event("clone_suspicion", req.end, window=win, speaker=c.speaker,
                                      score=_r(c.score), llr=_r(c.llr), level=c.level, evidence=c.evidence,
-                                     session=self.clone.as_dict()))
+                                     session=self.clone_session()))
         return events
+
+    def complete_check(self, result: ContextResult) -> list[dict]:
+        """Events for one answered countermeasure check (none when it was skipped or failed)."""
+        req = self._checks.pop(result.index, None)
+        if req is None or self.countermeasure is None:
+            return []
+        upd = self.countermeasure.update(req, result, self.speech_seconds)
+        if upd is None:
+            return []
+        c = upd["check"]
+        info = self.countermeasure.info
+        who = self.start.claimed_speaker or self.identity.current
+        return [self.event("clone_suspicion", req.end, check=c, speaker=who, score=_r(_sigmoid(c["llr"])),
+                           llr=c["llr"], level=c["level"],
+                           evidence={"detector": info.name, "values": {"countermeasure_raw": c["raw"]},
+                                     "contributions": {"countermeasure": c["llr"]}},
+                           session=self.clone_session())]
+
+    def clone_session(self) -> dict:
+        """The session's clone state: the window evidence's CUSUM and the countermeasure's, and the
+        higher of their levels (``unavailable`` only when neither is available)."""
+        d = self.clone.as_dict()
+        cm = self.countermeasure
+        if cm is None:
+            return d
+        order = ("unavailable",) + tuple(CLONE_LEVELS)
+        d["window_level"], d["window_max_level"] = d["level"], d["max_level"]
+        d["countermeasure"] = cm.as_dict(self.speech_seconds)
+        cm_level = cm.level if cm.checks else "none"
+        d["level"] = max(d["level"], cm_level, key=order.index)
+        d["max_level"] = max(d["max_level"], cm.max_level if cm.checks else "none", key=order.index)
+        return d
 
     def session_identity(self, k: int = 5) -> dict:
         """Who the whole stream so far is (open set): the speaker with the best mean window
@@ -422,4 +484,4 @@ class Session:
             band=self.band, realtime=self.realtime,
             windows={"emitted": self._windows.windows_emitted, "scored": self.scored, "dropped": self.dropped},
             identity=ident, verification=self.verification.summary() if self.verification else None,
-            clone=self.clone.as_dict())
+            clone=self.clone_session())

@@ -4,6 +4,7 @@ recording a clone?)."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import StoreError, UnknownSpeaker, VoxguardError
@@ -62,9 +63,14 @@ def register(sub, common) -> None:
                     "relative to the speaker's own genuine audio, the distance from the speaker's genuine "
                     "samples, known clones among the nearest stored samples. Prints the clone LLR, each "
                     "evidence's value and contribution, and a level (none, low, medium, high; unavailable "
-                    "without known clones or a trained detector). Exit 0 whatever the verdict, 2 when a file failed.")
+                    "without a pretrained countermeasure, known clones or a trained detector). With a pretrained "
+                    "countermeasure installed (`voxguard models fetch aasist`) its calibrated LLR joins the "
+                    "fusion. Exit 0 whatever the verdict, 2 when a file failed.")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--claimed", metavar="SPEAKER", help="the speaker the caller claims to be")
+    p.add_argument("--countermeasure", metavar="NAME", default=os.environ.get("VOXGUARD_COUNTERMEASURE", "auto"),
+                   help="pretrained countermeasure: a model of `voxguard models list`, 'none', or 'auto' "
+                        "(default: the default model when installed; also $VOXGUARD_COUNTERMEASURE)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -183,7 +189,7 @@ def cmd_clone(ctx) -> int:
 class Checker:
     """Identity, claim and clone assessment of recordings; store, model and detector loaded once."""
 
-    def __init__(self, store, embedder, claimed: str | None = None):
+    def __init__(self, store, embedder, claimed: str | None = None, countermeasure: str | None = "auto"):
         from ..clone_detection import CloneDetector
         from ..recognizer import Recognizer
 
@@ -191,7 +197,23 @@ class Checker:
             raise UnknownSpeaker(claimed)
         self.claimed = claimed
         self.recognizer = Recognizer.for_store(store, embedder)
-        self.detector = CloneDetector.for_store(store, self.recognizer.scorer.thresholds)
+        detector = CloneDetector.for_store(store, self.recognizer.scorer.thresholds)
+        self.countermeasure, why = None, "disabled (--countermeasure none)"
+        if countermeasure not in (None, "none"):
+            from ..countermeasures.load import installed_countermeasure
+
+            self.countermeasure, why = installed_countermeasure(None if countermeasure == "auto" else countermeasure)
+            if self.countermeasure is None and countermeasure != "auto":
+                raise VoxguardError(f"--countermeasure {countermeasure}: {why}")
+
+        def genuine_audio(speaker: str) -> list:
+            return [a for a in (store.sample_audio(i.id) for i in store.samples(speaker, "genuine")) if a is not None]
+
+        if self.countermeasure is not None:
+            detector = detector.with_countermeasure(self.countermeasure, genuine_audio)
+        elif not detector.available:
+            detector.reason = f"{detector.reason}; and {why}"
+        self.detector = detector
 
     def check(self, e) -> dict:
         rec = self.recognizer
@@ -254,7 +276,7 @@ def cmd_check(ctx) -> int:
 
     a = ctx.args
     with ctx.open_store(readonly=True) as store:
-        checker = Checker(store, ctx.embedder(store), a.claimed)
+        checker = Checker(store, ctx.embedder(store), a.claimed, a.countermeasure)
         return run_batch(ctx, a.files, checker.recognizer, checker.check, check_text, rejection_exits=False,
                          notice=checker.recognizer.calibration.notice)
 

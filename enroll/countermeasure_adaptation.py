@@ -54,6 +54,7 @@ import numpy as np
 from .. import SAMPLE_RATE
 from ..audio import load_audio
 from ..channels import TRAIN_CHANNELS, apply_chain, channel, random_chain
+from ..clone_detection import SessionRule
 from ..countermeasure import voiced_audio
 from ..countermeasures import CmOutput, CountermeasureCalibration, CountermeasureIdentity, shipped_calibration_name
 
@@ -343,8 +344,12 @@ def final_head(t: Table, kind: str, families: Sequence[str]) -> tuple[dict, tupl
     g = np.array(genuine_llr)
     edges = tuple(float(np.quantile(g, 1.0 - fa)) for fa in FA_RATES)
     edges = tuple(max(e, 0.0) for e in edges)  # never flag what is more likely genuine
+    # the session CUSUM over non-overlapping contexts: weight 1, offset with E[exp(llr - offset)] <= 1 on
+    # genuine contexts (then exp(S) cannot grow on genuine speech; Lorden's bound gives the edges)
+    offset = max(0.0, float(np.log(np.mean(np.exp(np.clip(g, -30, 30))))))
+    rule = SessionRule.for_targets(1.0, offset, window_s=CONTEXT / SAMPLE_RATE)
     head = _fit_on(t, kind, pool)
-    return head, edges, {"genuine_contexts": int(len(g))}
+    return head, edges, {"genuine_contexts": int(len(g)), "session": rule.as_dict()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

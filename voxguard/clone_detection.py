@@ -67,6 +67,9 @@ FEATURE_VERSION = 2
 EVIDENCE = ("cm", "cm_speaker", "emb_speaker", "clone_margin", "in_band")
 LLR_CLIP = 30.0
 MIN_STD = {"cm": 0.05, "emb": 0.01}
+PCM_SPEAKER_WEIGHT = 0.5
+"""Weight of the countermeasure LLR relative to the speaker's own genuine recordings (a z-score; only its
+clone-ward part counts: a recording more genuine-looking than the speaker's own adds nothing)."""
 
 
 @dataclass(frozen=True)
@@ -305,8 +308,12 @@ class CloneDetector:
     def __init__(self, thresholds: Thresholds, trained: TrainedDetector | None = None, source: str = "default",
                  available: bool = True, reason: str | None = None,
                  emb_stats: dict[str, tuple[float, float]] | None = None,
-                 margin_scale: float = DEFAULT_MARGIN_SCALE):
+                 margin_scale: float = DEFAULT_MARGIN_SCALE, pretrained=None):
         self.thresholds = thresholds
+        self.pretrained = pretrained  # an InstalledCountermeasure (voxguard.countermeasures.load), or None
+        self._pcm_stats: dict[str, tuple[float, float] | None] = {}
+        self._speaker_audio = None  # speaker -> its stored genuine recordings (for countermeasure_speaker)
+        self._no_window_evidence = False  # available on the pretrained countermeasure alone
         self.trained = trained
         self.source = source
         self.available = available
@@ -321,6 +328,49 @@ class CloneDetector:
     @classmethod
     def unavailable(cls, thresholds: Thresholds, reason: str, source: str = "none") -> "CloneDetector":
         return cls(thresholds, source=source, available=False, reason=reason)
+
+    def with_countermeasure(self, pretrained, speaker_audio=None) -> "CloneDetector":
+        """This detector with a pretrained countermeasure fused in (utterances: ``check``).  An
+        unavailable detector becomes available on the countermeasure alone; ``speaker_audio(name)``
+        returns a speaker's stored genuine recordings, for the speaker-relative evidence."""
+        if pretrained is None:
+            return self
+        if not self.available and self.trained is None:
+            d = CloneDetector(self.thresholds, source=f"countermeasure {pretrained.name}", pretrained=pretrained)
+            d._no_window_evidence = True
+        else:
+            d = CloneDetector(self.thresholds, self.trained, self.source, self.available, self.reason,
+                              margin_scale=self.margin_scale, pretrained=pretrained)
+            d._stats, d.session = self._stats, self.session
+        d._speaker_audio = speaker_audio
+        return d
+
+    # -- the pretrained countermeasure (utterances) ----------------------------------------------------
+    def pcm_llr(self, audio: np.ndarray) -> float | None:
+        """The pretrained countermeasure's calibrated LLR of a recording: the mean over up to four
+        contexts of its voiced audio (None: less voiced audio than the model's minimum)."""
+        from .countermeasure import voiced_audio
+        from .countermeasures import segments
+
+        cm = self.pretrained
+        x = voiced_audio(np.asarray(audio, dtype=np.float32))
+        if len(x) < cm.model.min_samples:
+            return None
+        ctx = segments(x, cm.model.context_samples)
+        return float(np.mean(cm.calibration.llr(cm.model.outputs(ctx))))
+
+    def pcm_speaker_stats(self, speaker: str) -> tuple[float, float] | None:
+        """Mean and (shrunk) std of the countermeasure LLR of the speaker's own stored genuine
+        recordings (computed once per speaker), or None without at least 2 of them."""
+        if speaker in self._pcm_stats:
+            return self._pcm_stats[speaker]
+        stats = None
+        if self._speaker_audio is not None:
+            vals = [v for v in (self.pcm_llr(a) for a in self._speaker_audio(speaker)[:8]) if v is not None]
+            if len(vals) >= 2:
+                stats = (float(np.mean(vals)), shrunk_std(np.array(vals), 1.0, 0.25))
+        self._pcm_stats[speaker] = stats
+        return stats
 
     @classmethod
     def for_store(cls, store, thresholds: Thresholds) -> "CloneDetector":
@@ -384,6 +434,8 @@ class CloneDetector:
         """Assess one utterance (``window=False``: the audio is a whole recording, scored on its
         voiced part) or one daemon window (``window=True``: window operating points)."""
         target = self._target(result, claimed)
+        if self.pretrained is not None and not window:
+            return self._assess_with_pretrained(result, target, audio)
         if not self.available:
             return CloneAssessment(None, UNAVAILABLE, target.speaker if target else None,
                                    {"detector": self.source, "reason": self.reason}, None, self.session)
@@ -420,6 +472,55 @@ class CloneDetector:
                         intercept=round(fusion.intercept, 3), fusion=name, detector=self.source)
         return CloneAssessment(sigmoid(llr), level_for(llr, edges), target.speaker, evidence, llr, self.session)
 
+    def _assess_with_pretrained(self, result: SearchResult, target: SpeakerScore | None,
+                                audio: np.ndarray | None) -> CloneAssessment:
+        """Fusion with the pretrained countermeasure: a sum of non-negative-weighted evidence LLRs
+        (each term can only push towards "clone" in its own direction):
+
+        * ``countermeasure`` — its calibrated LLR on the recording (weight 1);
+        * ``countermeasure_speaker`` — the same relative to the speaker's own stored genuine
+          recordings, ``(llr - mean) / std`` (weight :data:`PCM_SPEAKER_WEIGHT`);
+        * the store's own evidence — the trained detector's fused LLR, or the known-clone margin
+          default — as one term ``store_detector`` (weight 1).
+
+        Levels: the countermeasure calibration's edges (its false-alarm rates on genuine audio)."""
+        cm = self.pretrained
+        evidence: dict = {"detector": self.source, "countermeasure": cm.name}
+        pcm = self.pcm_llr(audio) if audio is not None and len(audio) else None
+        if pcm is None:
+            evidence["reason"] = (f"less voiced audio than the countermeasure's minimum "
+                                  f"({cm.model.min_samples / 16000:g} s): no verdict")
+        values: dict[str, float] = {}
+        contrib: dict[str, float] = {}
+        if pcm is not None:
+            values["countermeasure"] = round(pcm, 4)
+            contrib["countermeasure"] = round(pcm, 3)
+        if target is not None and pcm is not None:
+            st = self.pcm_speaker_stats(target.speaker)
+            if st is not None:
+                z = float(np.clip((pcm - st[0]) / st[1], -LLR_CLIP, LLR_CLIP))
+                values["countermeasure_speaker"] = round(z, 4)
+                contrib["countermeasure_speaker"] = round(max(0.0, PCM_SPEAKER_WEIGHT * z), 3)
+        store_part = None
+        if target is not None and not getattr(self, "_no_window_evidence", False) and self.available:
+            base = CloneDetector(self.thresholds, self.trained, self.source, True, margin_scale=self.margin_scale)
+            base._stats = self._stats
+            a = base.assess(result, target.speaker, audio, window=False)
+            store_part = a
+            if a.llr is not None and (self.trained is not None or a.evidence.get("contributions")):
+                contrib["store_detector"] = round(a.llr, 3)
+                evidence["store_detector"] = {k: a.evidence[k] for k in ("values", "contributions", "fusion")
+                                              if k in a.evidence}
+        if not contrib:
+            return CloneAssessment(None, UNAVAILABLE, target.speaker if target else None, evidence, None,
+                                   self.session)
+        llr = float(np.clip(sum(contrib.values()), -LLR_CLIP, LLR_CLIP))
+        if target is not None:
+            evidence["centroid_score"] = round(target.score, 4)
+        evidence.update(values=values, contributions=contrib)
+        level = cm.calibration.level(llr) if pcm is not None else (store_part.level if store_part else UNAVAILABLE)
+        return CloneAssessment(sigmoid(llr), level, target.speaker if target else None, evidence, llr, self.session)
+
     @single_threaded_blas
     def assess_batch(self, results: list[SearchResult], claimed: list[str | None],
                      audio: list[np.ndarray] | None = None, window: bool = False) -> list[CloneAssessment]:
@@ -429,7 +530,7 @@ class CloneDetector:
         :meth:`SignedFusion.llr_matrix`.  Equal to the serial :meth:`assess` (to float rounding)."""
         n = len(results)
         audio = list(audio) if audio is not None else [None] * n
-        if not self.available or self.trained is None:
+        if not self.available or self.trained is None or (self.pretrained is not None and not window):
             return [self.assess(r, c, a, window) for r, c, a in zip(results, claimed, audio)]
         targets = [self._target(r, c) for r, c in zip(results, claimed)]
         cms: list[float | None] = [None] * n

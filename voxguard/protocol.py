@@ -493,6 +493,9 @@ SCHEMAS: dict[str, dict] = {
         "input": {"type": "object", "required": ["sample_rate", "encoding", "channels"]},
         "options": {"type": "object"},
         "claimed_speaker": _STR_OR_NULL,
+        "countermeasure": {"type": "object", "required": ["available"],
+                           "properties": {"available": {"type": "boolean"}, "reason": {"type": "string"},
+                                          "calibration": {"type": "string"}}},
         "channel_mode": {"enum": list(CHANNEL_MODES)},
         "claimed_speakers": {"type": "object", "additionalProperties": {"type": "string"}},
         "channel_names": {"type": "array", "items": {"type": "string"}}}, ["protocol_version", "embedder", "index", "thresholds", "options"]),
@@ -521,11 +524,15 @@ SCHEMAS: dict[str, dict] = {
             "windows": {"type": "integer"}, "calibration": _CALIBRATION_LABEL}}},
         ["claimed_speaker", "threshold", "window", "session"]),
     "clone_suspicion": _event("clone_suspicion", {
+        # a window's clone evidence (``window``) or a countermeasure check of a context (``check``)
         "window": {"type": "object", "required": ["index", "start", "end"]},
+        "check": {"type": "object", "required": ["index", "start", "end", "kind", "llr", "level"],
+                  "properties": {"kind": {"enum": ["first", "recheck", "final"]}, "llr": _NUM,
+                                 "level": {"enum": list(CLONE_LEVELS)}}},
         "speaker": _STR_OR_NULL, "score": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
         "llr": _NUM_OR_NULL, "level": {"enum": [*CLONE_LEVELS, CLONE_UNAVAILABLE]}, "evidence": {"type": "object"},
         "session": _CLONE_SESSION},
-        ["window", "speaker", "score", "level", "evidence", "session"]),
+        ["speaker", "score", "level", "evidence", "session"]),
     "warning": _event("warning", {"code": {"enum": list(WARNINGS)}, "message": {"type": "string"},
                                   "dropped_windows": {"type": "integer"}}, ["code", "message"]),
     "summary": _event("summary", {
