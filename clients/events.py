@@ -96,12 +96,13 @@ class Verification(Event):
 @dataclass(frozen=True)
 class CloneSuspicion(Event):
     type: ClassVar[str] = "clone_suspicion"
-    window: dict
     speaker: str | None
     score: float
     level: str  # none, low, medium, high
     evidence: dict
     session: dict
+    window: dict | None = None  # a window's clone evidence ...
+    check: dict | None = None  # ... or a countermeasure check of a context of voiced audio
 
 
 @dataclass(frozen=True)

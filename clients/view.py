@@ -61,9 +61,12 @@ class LiveView:
                     self.channels.setdefault(int(c), LiveState()).claim = name
                 claim = f", {ev.input['channels']} separate channels" + "".join(
                     f", ch{c} claims {n}" for c, n in sorted(claims.items()))
+            cm = ev.raw.get("countermeasure") or {}
+            cm_text = (f"; countermeasure {cm.get('calibration')}" if cm.get("available") else
+                       f"; no clone countermeasure ({cm['reason']})" if cm.get("reason") else "")
             return (f"ready: stream {ev.stream_id}, {emb.get('name')} on {emb.get('device')}, "
                     f"{ev.index.get('enrolled_speakers')} enrolled speaker(s), accept >= "
-                    f"{_score(th.get('accept'))}{claim}")
+                    f"{_score(th.get('accept'))}{claim}{cm_text}")
         if isinstance(ev, Reconnected):
             s.speaker, s.score, s.verdict, s.verify_score = None, None, "undecided", None
             return f"reconnected as stream {ev.stream_id} after {ev.attempt} failure(s): {ev.reason}"
@@ -88,6 +91,12 @@ class LiveView:
             s.clone_level, s.clone_score = sess.get("level", ev.level), ev.score
             who = f" of {ev.speaker}" if ev.speaker else ""
             llr = sess.get("llr")
+            check = ev.raw.get("check")
+            if check:
+                cms = sess.get("countermeasure") or {}
+                return (f"{t}clone suspicion{who}: session {sess.get('level', '-')}; countermeasure check "
+                        f"{check['start']:.1f}-{check['end']:.1f}s: {check['level']} (LLR {check['llr']:+.2f}; "
+                        f"session CUSUM {'-' if cms.get('llr') is None else format(cms['llr'], '.2f')})")
             return (f"{t}clone suspicion{who}: session {sess.get('level', '-')} (LLR "
                     f"{'-' if llr is None else f'{llr:.2f}'}); this window {ev.level} ({_score(ev.score)})")
         if isinstance(ev, Warning):
@@ -126,4 +135,12 @@ class LiveView:
         lines.append(f"{pad}clone suspicion: {c.get('level', c.get('max_level'))} (session LLR "
                      f"{'-' if llr is None else f'{llr:.2f}'}, highest {c.get('max_level')}, "
                      f"{c.get('suspicious_windows')} suspicious window(s))")
+        cm = c.get("countermeasure")
+        if cm:
+            cov = cm.get("coverage")
+            lines.append(f"{pad}countermeasure {cm.get('calibration')}: {cm.get('level')} (CUSUM "
+                         f"{'-' if cm.get('llr') is None else format(cm['llr'], '.2f')}, highest {cm.get('max_level')}), "
+                         f"{cm.get('checks')} check(s), {cm.get('skipped')} skipped, covered "
+                         f"{'-' if cov is None else f'{100 * cov:.0f}%'} of {cm.get('voiced_s', 0):.1f} s of voice"
+                         + (f"; {cm['verdict']}" if cm.get("verdict") else ""))
         return lines

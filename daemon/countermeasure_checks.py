@@ -7,7 +7,8 @@ track keeps a rolling *context* of its latest voiced audio (:class:`ContextSched
 * the **first check** is requested as soon as one whole context of voiced speech has arrived
   (4.04 s for AASIST), so every call gets a first verdict early;
 * a **re-check** whenever another whole context of *new* voiced audio has arrived (contexts do not
-  overlap: each second of speech is checked at most once);
+  overlap: each second of speech is checked at most once); a real-time stream's waiting re-check may
+  be superseded under load, a lossless stream's (``realtime: false``) never is;
 * at the end of the stream, a **final check** of the voiced audio not yet covered when there is at
   least ``min_samples`` of it — or, when the stream never reached one whole context, of what there
   is (tiled by the model) if that is at least ``min_samples``; less gets no verdict, said so.
@@ -66,6 +67,8 @@ class ContextRequest:
     samples: np.ndarray = field(repr=False)  # 16 kHz float32, read-only
     new_s: float  # seconds of voiced audio in it that no earlier check covered
     kind: str  # "first" | "recheck" | "final"
+    supersede: bool = True  # a real-time stream's waiting re-check may be superseded (not a lossless one's)
+    voiced_s: float = 0.0  # seconds of the track's voiced audio when the check was due
 
     @property
     def priority(self) -> int:  # lower runs first: a summary waits on a final check
@@ -85,8 +88,9 @@ class ContextResult:
 class ContextScheduler:
     """The rolling voiced context of one track and when it is due for a check."""
 
-    def __init__(self, key: int, context_samples: int, min_samples: int):
+    def __init__(self, key: int, context_samples: int, min_samples: int, supersede: bool = True):
         self.key = key
+        self.supersede = supersede
         self.n = context_samples
         self.min = min_samples
         self._chunks: list[tuple[float, np.ndarray]] = []  # (stream time of first sample, samples)
@@ -114,7 +118,7 @@ class ContextScheduler:
             t0 = self._chunks[i][0] + skip / SAMPLE_RATE
         t_last, last = self._chunks[-1]
         req = ContextRequest(self.key, self.requested, round(t0, 4), round(t_last + len(last) / SAMPLE_RATE, 4), x,
-                             round(new / SAMPLE_RATE, 4), kind)
+                             round(new / SAMPLE_RATE, 4), kind, self.supersede, round(self.voiced / SAMPLE_RATE, 4))
         self.requested += 1
         self.uncovered = 0
         return req
@@ -160,9 +164,9 @@ class CountermeasureTracker:
         self.skipped = 0
         self.failed = 0
         self.covered_s = 0.0
-        self.first_at_voiced_s: float | None = None  # voiced seconds into the track of the first verdict
+        self.first_at_voiced_s: float | None = None  # voiced seconds into the track the first verdict is about
 
-    def update(self, req: ContextRequest, res: ContextResult, voiced_s: float) -> dict | None:
+    def update(self, req: ContextRequest, res: ContextResult) -> dict | None:
         """Record one answered check; returns the check's event fields (None when skipped or failed)."""
         if res.skipped:
             self.skipped += 1
@@ -179,7 +183,7 @@ class CountermeasureTracker:
         self.max_llr = res.llr if self.max_llr is None else max(self.max_llr, res.llr)
         self.covered_s += req.new_s
         if self.first_at_voiced_s is None:
-            self.first_at_voiced_s = round(voiced_s, 3)
+            self.first_at_voiced_s = round(req.voiced_s, 3)
         check = {"index": req.index, "start": req.start, "end": req.end, "kind": req.kind,
                  "llr": round(res.llr, 3), "raw": None if res.raw is None else round(res.raw, 3),
                  "level": self.info.level(res.llr)}

@@ -68,7 +68,8 @@ class CountermeasureWorker:
         with self._cond:
             for r in requests:
                 # the track's waiting re-check is superseded by its newer check
-                for old in [o for o in self._pending if o[1].key == r.key and o[1].kind == "recheck"]:
+                for old in [o for o in self._pending if o[1].key == r.key and o[1].kind == "recheck"
+                            and o[1].supersede]:
                     self._pending.remove(old)
                     skipped.append(ContextResult(old[1].key, old[1].index, skipped=True))
                 self._pending.append((now, r))

@@ -25,14 +25,15 @@ REPLAY_TYPES = ("identity", "verification", "clone_suspicion")
 
 
 class ChannelState:
-    def __init__(self, claimed: str | None = None, name: str | None = None):
+    def __init__(self, claimed: str | None = None, name: str | None = None, clone_available: bool = True):
         self.claimed = claimed
         self.name = name
         self.speaker: str | None = None  # the smoothed decision
         self.window_speaker: str | None = None
         self.verdict: str | None = None  # session decision about the claim
-        self.clone_level = "none"
-        self.clone_max_level = "none"
+        # nothing weighs clone evidence on this stream: say so, never "none"
+        self.clone_level = "none" if clone_available else "unavailable"
+        self.clone_max_level = self.clone_level
         self.scores: deque[float | None] = deque(maxlen=SCORE_HISTORY)
         self.windows = 0
         self.last: dict[str, dict] = {}  # latest event per REPLAY_TYPES
@@ -52,7 +53,8 @@ class ChannelState:
             self.scores.append(ev["window"]["score"])
         elif t == "clone_suspicion":
             self.clone_level = ev["level"]
-            if CLONE_LEVELS.index(ev["level"]) > CLONE_LEVELS.index(self.clone_max_level):
+            order = ("unavailable", *CLONE_LEVELS)
+            if order.index(ev["level"]) > order.index(self.clone_max_level):
                 self.clone_max_level = ev["level"]
 
     def as_dict(self, channel: int) -> dict:
@@ -79,12 +81,13 @@ class CallState:
         if t == "ready":
             self.ready = ev
             names = ev.get("channel_names") or []
+            avail = (ev.get("clone_detection") or {}).get("available", True)
             if ev.get("channel_mode") == "separate":
                 claims = ev.get("claimed_speakers") or {}
                 for c in range(ev["input"]["channels"]):
-                    self.channels[c] = ChannelState(claims.get(str(c)), names[c] if c < len(names) else None)
+                    self.channels[c] = ChannelState(claims.get(str(c)), names[c] if c < len(names) else None, avail)
             else:
-                self.channels[0] = ChannelState(ev.get("claimed_speaker"))
+                self.channels[0] = ChannelState(ev.get("claimed_speaker"), clone_available=avail)
             return
         if t in ("summary", "error"):
             self.ended = True

@@ -80,6 +80,16 @@ class EngineInfo:
     countermeasure: CountermeasureInfo | None = None  # the pretrained countermeasure, when installed
     countermeasure_reason: str | None = None  # why there is none
 
+    def clone_detection(self) -> dict:
+        """The ``ready`` event's ``clone_detection``: whether anything weighs clone evidence on this stream
+        (the store's window detector, the pretrained countermeasure), and if nothing does, why."""
+        det = self.snapshot.detector
+        sources = ([det.source] if det.available else []) + ([self.countermeasure.name] if self.countermeasure else [])
+        reasons = ([] if det.available else [det.reason or "no window detector"]) + (
+            [] if self.countermeasure else [self.countermeasure_reason or "no countermeasure"])
+        return {"available": bool(sources), "sources": sources,
+                "reason": None if sources else "; ".join(reasons)}
+
     def countermeasure_status(self) -> dict:
         """The ``ready`` event's ``countermeasure``: what checks this stream's voiced audio, or why nothing does."""
         if self.countermeasure is None:
@@ -224,7 +234,8 @@ class Session:
         self.evidence = SessionEvidence()
         self.clone = CloneTracker()
         cm = engine.countermeasure
-        self._cm = None if cm is None else ContextScheduler(self.key, cm.context_samples, cm.min_samples)
+        self._cm = None if cm is None else ContextScheduler(self.key, cm.context_samples, cm.min_samples,
+                                                                 supersede=self.realtime)
         self.countermeasure = None if cm is None else CountermeasureTracker(cm)
         self._checks: dict[int, ContextRequest] = {}  # countermeasure checks not answered yet
         self.heard: dict[str, int] = {}  # speaker -> windows the identity decision held it
@@ -266,7 +277,7 @@ class Session:
             input={"sample_rate": start.sample_rate, "encoding": start.encoding, "channels": start.channels},
             options={"window": o.window, "hop": o.hop, "vad_aggressiveness": o.vad_aggressiveness,
                      "vad_frame_ms": o.vad_frame_ms, "top_k": o.top_k, "realtime": o.realtime},
-            countermeasure=self.engine.countermeasure_status(),
+            countermeasure=self.engine.countermeasure_status(), clone_detection=self.engine.clone_detection(),
             claimed_speaker=start.claimed_speaker)
 
     # -- input ----------------------------------------------------------------------------------
@@ -423,7 +434,7 @@ class Session:
         req = self._checks.pop(result.index, None)
         if req is None or self.countermeasure is None:
             return []
-        upd = self.countermeasure.update(req, result, self.speech_seconds)
+        upd = self.countermeasure.update(req, result)
         if upd is None:
             return []
         c = upd["check"]

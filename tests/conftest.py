@@ -13,6 +13,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 AN4 = Path(os.environ.get("VOXGUARD_AN4", REPO.parent / "shared" / "datasets" / "an4"))
 AN4_WAV = AN4 / "wav" / "an4_clstk"
+SHARED = REPO.parent / "shared"
+AASIST_DIR = SHARED / "models" / "aasist"
+# Tests are hermetic about pretrained models: none is installed unless a test points $VOXGUARD_MODELS at
+# ../shared/models/aasist (whose file names are the registry's) — a developer's own cache never leaks in.
+EMPTY_MODELS = Path(os.environ.get("PYTEST_EMPTY_MODELS", "/tmp")) / f"voxguard-test-no-models-{os.getpid()}"
+EMPTY_MODELS.mkdir(parents=True, exist_ok=True)
+os.environ["VOXGUARD_MODELS"] = str(EMPTY_MODELS)
+
+
+def aasist_available() -> bool:
+    return (AASIST_DIR / "AASIST.pth").is_file()
 
 
 def an4_available() -> bool:

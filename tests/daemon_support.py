@@ -69,6 +69,7 @@ class DaemonProcess:
              if not k.startswith(("VOXGUARD_", "NOTIFY_SOCKET", "WATCHDOG_"))}
         if tokens:
             e["VOXGUARD_TOKENS"] = ",".join(tokens)
+        e["VOXGUARD_MODELS"] = os.environ["VOXGUARD_MODELS"]  # conftest: no pretrained model unless a test says so
         e.update(env or {})
         cmd = [sys.executable, "-m", "voxguard.cli", "serve", "--store", str(store), "--device", "cpu",
                "--port", str(port), *extra]

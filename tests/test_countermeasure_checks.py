@@ -70,15 +70,15 @@ def test_tracker_cusum_levels_coverage_and_skips():
     tr = CountermeasureTracker(i)
     s = ContextScheduler(1, N, 2 * SR)
     reqs = s.push(np.zeros(3 * N, dtype=np.float32), 0.0)
-    assert tr.update(reqs[0], ContextResult(1, 0, skipped=True), 4.0) is None
-    u = tr.update(reqs[1], ContextResult(1, 1, raw=1.0, llr=2.0), 8.0)
+    assert tr.update(reqs[0], ContextResult(1, 0, skipped=True)) is None
+    u = tr.update(reqs[1], ContextResult(1, 1, raw=1.0, llr=2.0))
     assert u["check"]["level"] == "medium" and u["check"]["kind"] == "recheck"
     assert tr.llr == pytest.approx(1.8)  # max(0, 0 + 1 * (2.0 - 0.2))
-    u = tr.update(reqs[2], ContextResult(1, 2, raw=-3.0, llr=-5.0), 12.0)
+    u = tr.update(reqs[2], ContextResult(1, 2, raw=-3.0, llr=-5.0))
     assert tr.llr == 0.0 and u["check"]["level"] == "none"
     d = tr.as_dict(voiced_s=3 * N / SR)
     assert d["checks"] == 2 and d["skipped"] == 1 and d["coverage"] == pytest.approx(2 / 3, abs=1e-3)
-    assert d["first_verdict_at_voiced_s"] == 8.0
+    assert d["first_verdict_at_voiced_s"] == pytest.approx(2 * N / SR)  # the voice the first verdict is about
     # session edges: at most one false alarm per 1 / 20 / 100 h at one context every 4.0375 s
     assert i.rule.edges[1] == pytest.approx(np.log(3600 / (N / SR) * 20))
 
