@@ -21,7 +21,7 @@ import soxr
 
 from conftest import REPO, run_cli
 from voxguard import models
-from voxguard.countermeasures import (CmOutput, CountermeasureCalibration, CountermeasureError,
+from voxguard.countermeasures import (CmOutput, Countermeasure, CountermeasureCalibration, CountermeasureError,
                                       CountermeasureIdentity)
 from voxguard.countermeasures.aasist import NB_SAMP, AasistConfig, AasistCountermeasure, build_aasist
 from voxguard.countermeasures.load import load_countermeasure
@@ -120,7 +120,8 @@ def test_checkpoint_reproduces_every_reference_logit(name, filename, reference, 
 
     files, x = reference_inputs
     cm, out = torch_run(name, x)
-    assert isinstance(cm, AasistCountermeasure) and cm.identity == identity_of(name)
+    assert isinstance(cm, AasistCountermeasure) and isinstance(cm, Countermeasure)
+    assert cm.identity == identity_of(name)
     assert cm.context_samples == NB_SAMP and cm.min_samples == 32000
     hidden = torch.from_numpy(out.hidden)
     with torch.inference_mode():
@@ -177,7 +178,7 @@ def flipped(tmp_path) -> Path:
 
 @pytest.fixture
 def no_torch_load(monkeypatch):
-    """Fails the test if anything is unpickled."""
+    """Every torch.load call (the test asserts there is none)."""
     import torch
 
     calls = []
@@ -449,6 +450,7 @@ def test_onnx_matches_torch_and_the_reference(name, filename, reference, referen
     ox = _onnx(cm, tmp_path)
     assert ox.path.parent == tmp_path and ox.path.is_file() and models.spec(name).sha256[:32] in ox.path.name
     assert (ox.identity, ox.context_samples, ox.min_samples) == (cm.identity, cm.context_samples, cm.min_samples)
+    assert isinstance(ox, Countermeasure) and ox.device == "cpu" and ox.runtime == "onnx"
     out = ox.outputs(list(x))  # batch 8 (exported at 2, checked at 3)
     assert out.hidden.shape == ref_out.hidden.shape and out.raw.shape == (8,)
     assert np.abs(out.hidden - ref_out.hidden).max() <= TOL

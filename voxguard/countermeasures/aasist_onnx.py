@@ -1,5 +1,6 @@
 """AASIST on ONNX Runtime: the same function as :class:`~voxguard.countermeasures.aasist.AasistCountermeasure`,
-about 2.5-3x cheaper per context on CPU (``bench/bench_countermeasure_cost.py``).
+2.5-3.6x less CPU time per 4.04 s context than PyTorch on CPU (0.31-0.35 vs 0.83-1.26 CPU-s
+for AASIST at batch 1-8 and 1-2 threads, the same outputs to ~2e-6: ``bench/bench_countermeasure_cost.py``).
 
 The strictly loaded PyTorch network is exported (opset 17, dynamic batch axis; the graph's
 top-k / gather / where export as ONNX ``TopK`` / ``GatherElements`` / ``Where``) at first use into
