@@ -9,6 +9,8 @@ package ships one calibration per supported checkpoint (``voxguard/data/``), mad
 
 * :mod:`voxguard.countermeasures.aasist` — AASIST / AASIST-L (raw waveform, graph attention),
   the published checkpoints of :mod:`voxguard.models`.
+* :mod:`voxguard.countermeasures.aasist_onnx` — the same AASIST network run by ONNX Runtime on
+  the CPU (exported at first use, cached by the checkpoint's sha256, checked against PyTorch).
 
 Audio shorter than a model's ``min_samples`` gets no verdict: :meth:`Countermeasure.outputs` is
 never called with it (callers check :func:`long_enough`).
