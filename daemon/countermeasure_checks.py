@@ -45,10 +45,11 @@ class CountermeasureInfo:
     edges: tuple[float, float, float]  # per-context LLR edges low / medium / high
     rule: SessionRule
     device: str = "cpu"
+    runtime: str = "torch"
 
     def as_dict(self) -> dict:
         return {"calibration": self.name, "context_s": round(self.context_samples / SAMPLE_RATE, 3),
-                "min_s": round(self.min_samples / SAMPLE_RATE, 3), "device": self.device,
+                "min_s": round(self.min_samples / SAMPLE_RATE, 3), "device": self.device, "runtime": self.runtime,
                 "context_edges": [round(e, 3) for e in self.edges],
                 "session_edges": [round(e, 3) for e in self.rule.edges]}
 

@@ -398,9 +398,9 @@ class Daemon:
             1.0, 0.0, cm.model.context_samples / 16000)
         self.countermeasure = cm
         self._cm_info = CountermeasureInfo(cal.name, cm.model.context_samples, cm.model.min_samples, cal.edges,
-                                           rule, str(cm.model.device))
+                                           rule, str(cm.model.device), getattr(cm.model, "runtime", "torch"))
         cm.model.outputs([np.zeros(cm.model.min_samples, dtype=np.float32)])  # warm up before serving
-        log.info("clone countermeasure: %s on %s", cal.name, cm.model.device)
+        log.info("clone countermeasure: %s on %s (%s)", cal.name, cm.model.device, self._cm_info.runtime)
 
     def _embed_workers(self) -> list:
         """The embedder replicas the worker runs at once (``--embed-workers``; auto: one per

@@ -360,15 +360,23 @@ class CloneDetector:
         return float(np.mean(cm.calibration.llr(cm.model.outputs(ctx))))
 
     def pcm_speaker_stats(self, speaker: str) -> tuple[float, float] | None:
-        """Mean and (shrunk) std of the countermeasure LLR of the speaker's own stored genuine
-        recordings (computed once per speaker), or None without at least 2 of them."""
+        """Mean and (shrunk) std of the countermeasure LLR of the speaker's own stored genuine audio
+        (computed once per speaker): its recordings' voiced parts joined, cut into up to 8 contexts
+        (at least the model's minimum each, as a call's voiced audio is); None under 2 contexts."""
         if speaker in self._pcm_stats:
             return self._pcm_stats[speaker]
+        from .countermeasure import voiced_audio
+
         stats = None
+        cm = self.pretrained
         if self._speaker_audio is not None:
-            vals = [v for v in (self.pcm_llr(a) for a in self._speaker_audio(speaker)[:8]) if v is not None]
-            if len(vals) >= 2:
-                stats = (float(np.mean(vals)), shrunk_std(np.array(vals), 1.0, 0.25))
+            parts = [voiced_audio(np.asarray(a, dtype=np.float32)) for a in self._speaker_audio(speaker)]
+            x = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+            n = max(cm.model.min_samples, min(cm.model.context_samples, len(x) // 2))
+            ctx = [x[i: i + n] for i in range(0, len(x) - n + 1, n)][:8]
+            if len(ctx) >= 2:
+                vals = cm.calibration.llr(cm.model.outputs(ctx))
+                stats = (float(np.mean(vals)), shrunk_std(np.asarray(vals), 1.0, 0.25))
         self._pcm_stats[speaker] = stats
         return stats
 

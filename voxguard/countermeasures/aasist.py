@@ -281,6 +281,7 @@ class AasistCountermeasure:
     """
 
     architecture = "aasist"
+    runtime = "torch"
     MIN_S = 2.0
 
     def __init__(self, net, identity, device: str = "cpu", min_s: float = MIN_S, threads: int | None = None):
