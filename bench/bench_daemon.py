@@ -28,7 +28,10 @@ Each phase runs per **deployment** (``--deployment``, default both, reported sid
 * ``recommended`` — what the README recommends: speakers enrolled with their audio, known
   vocoder clones of every third speaker, ``voxguard calibrate`` with the default backend
   (AS-norm) which also trains the clone detector (``lfcc-cnn``); every window then runs the
-  countermeasure and the fusion.  ``--quick``: 24 speakers.
+  countermeasure and the fusion; and the pretrained countermeasure (AASIST, ``$VOXGUARD_MODELS``
+  = ``--models``) checks every stream's voiced audio under its CPU budget.  The real-time phase
+  reports its coverage, first verdicts and cost per second of audio as a ratio to the
+  embedder's (``countermeasure`` in ``last.json``).  ``--quick``: 24 speakers.
 
 Stores are built once and cached in the work dir (the recommended one calibrates for minutes:
 reruns reuse it).  ``last.json`` holds, per deployment, ``ratio`` (saturated window rate /
@@ -168,9 +171,10 @@ def build_recommended_store(work: Path, embedder_name: str, device: str, quick: 
     return path
 
 
-def start_daemon(store: Path, device: str, log_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def start_daemon(store: Path, device: str, log_path: Path, extra: list[str],
+                 models: Path | None = None) -> tuple[subprocess.Popen, int]:
     """``voxguard serve`` on an ephemeral loopback port; returns the process and its port."""
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1", **({"VOXGUARD_MODELS": str(models)} if models else {})}
     env.pop("NOTIFY_SOCKET", None)
     cmd = [sys.executable, "-m", "voxguard.cli", "--store", str(store), "--device", device, "serve",
            "--port", "0", *extra]
@@ -231,6 +235,9 @@ class StreamStats:
         self.stop_sent = 0.0
         self.summary_at = 0.0
         self.close_code = None
+        self.t0 = 0.0  # when its first chunk was sent
+        self.first_check: dict | None = None  # the first countermeasure check event, and when it arrived
+        self.first_check_at = 0.0
 
 
 async def run_stream(url: str, sid: str, speaker: str, pcm: bytes, t_start: float, realtime: bool,
@@ -253,6 +260,8 @@ async def run_stream(url: str, sid: str, speaker: str, pcm: bytes, t_start: floa
                         k = min(len(stats.sent_at), int(np.ceil(ev["window"]["end"] / CHUNK_S - 1e-6))) - 1
                         if realtime and k >= 0:
                             stats.latencies.append(now - stats.sent_at[k])
+                    elif ev["type"] == "clone_suspicion" and ev.get("check") and stats.first_check is None:
+                        stats.first_check, stats.first_check_at = ev["check"], now
                     elif ev["type"] == "summary":
                         stats.summary, stats.summary_at = ev, now
             except ConnectionClosed:
@@ -263,7 +272,7 @@ async def run_stream(url: str, sid: str, speaker: str, pcm: bytes, t_start: floa
         delay = t_start - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        t0 = time.monotonic()
+        t0 = stats.t0 = time.monotonic()
         for n, i in enumerate(range(0, len(pcm), step)):
             if realtime:
                 lag = t0 + n * CHUNK_S - time.monotonic()
@@ -307,8 +316,44 @@ async def monitor(proc: psutil.Process, stop: asyncio.Event, out: dict) -> None:
     out.update(rss=rss, cpu=busy / elapsed, loop_cpu=(loop1 - loop0) / elapsed)
 
 
+def countermeasure_figures(stats: list, before: str, after: str, realtime: bool) -> dict | None:
+    """Coverage, first verdicts and cost of the countermeasure in one phase (None when it is off)."""
+    d = lambda name: metric(after, name) - metric(before, name)  # noqa: E731
+    checked = d("voxguard_countermeasure_checks_total")
+    if checked == 0 and not any(s.summary and (s.summary.get("clone") or {}).get("countermeasure") for s in stats):
+        return None
+    voiced = d("voxguard_voiced_seconds_total")
+    cm_audio, cm_s = d("voxguard_countermeasure_audio_seconds_total"), d("voxguard_countermeasure_seconds_sum")
+    emb_s = d("voxguard_embedding_seconds_sum")
+    # model seconds per second of voiced audio it covered / the embedder's per second of voiced audio
+    cm_cost = cm_s / cm_audio if cm_audio else None
+    emb_cost = emb_s / voiced if voiced else None
+    firsts = []
+    for s in stats:
+        if s.first_check is not None:
+            # stream seconds from the end of the first context to its verdict's arrival (real time: 1 s
+            # of stream per second); the verdict is about the first 4.04 s of voice, so the voiced
+            # speech heard when it arrives is at most 4.04 s + that delay
+            delay = (s.first_check_at - s.t0) - s.first_check["end"]
+            firsts.append(s.first_check["end"] - s.first_check["start"] + max(0.0, delay) if realtime else None)
+    cms = [(s.summary.get("clone") or {}).get("countermeasure") or {} for s in stats if s.summary]
+    got = [f for f in firsts if f is not None]
+    return {
+        "checks_ok": int(metric(after, 'voxguard_countermeasure_checks_total{outcome="ok"}')
+                         - metric(before, 'voxguard_countermeasure_checks_total{outcome="ok"}')),
+        "checks_skipped": int(sum(c.get("skipped", 0) for c in cms)),
+        "coverage": round(cm_audio / voiced, 4) if voiced else None,
+        "streams_with_a_verdict": sum(1 for c in cms if c.get("checks")),
+        "first_verdict_voiced_s": {"max": round(max(got), 2), "p50": round(float(np.median(got)), 2)} if got else None,
+        "first_verdict_within_10s": sum(1 for f in got if f <= 10.0),
+        "cost_model_s_per_audio_s": None if cm_cost is None else round(cm_cost, 4),
+        "embedder_model_s_per_audio_s": None if emb_cost is None else round(emb_cost, 4),
+        "cost_ratio_to_embedder": None if not (cm_cost and emb_cost) else round(cm_cost / emb_cost, 1),
+    }
+
+
 async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, duration: float,
-                realtime: bool, block: float = CHUNK_S) -> dict:
+                realtime: bool, block: float = CHUNK_S, spread: float = 0.5) -> dict:
     stats = [StreamStats(audio[i % len(audio)][0]) for i in range(n)]
     stop = asyncio.Event()
     usage: dict = {}
@@ -321,7 +366,8 @@ async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, dura
     mine0 = me.cpu_times()
     await asyncio.gather(*(run_stream(url, f"s{i}", stats[i].speaker,
                                       audio[i % len(audio)][1][: int(duration * RATE) * 2],
-                                      t_start + (i / n) * 0.5 if realtime else t_start, realtime, stats[i], block)
+                                      t_start + (i / n) * spread if realtime else t_start, realtime, stats[i],
+                                      block)
                            for i in range(n)))
     elapsed = time.monotonic() - t_start
     mine1 = me.cpu_times()
@@ -349,6 +395,7 @@ async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, dura
         "batch_mean": round((metric(after_text, "voxguard_batch_size_sum") - metric(before_text, "voxguard_batch_size_sum"))
                             / max(metric(after_text, "voxguard_batch_size_count")
                                   - metric(before_text, "voxguard_batch_size_count"), 1), 1),
+        "countermeasure": countermeasure_figures(stats, before_text, after_text, realtime),
     }
 
 
@@ -436,15 +483,17 @@ def run_deployment(name: str, args, store: Path) -> dict:
         speakers = sorted(s.name for s in st.speakers() if (AN4 / s.name).is_dir())
     audio = stream_audio(max(args.duration, args.saturate, args.max_frame_bytes / 2 / RATE + 1), speakers,
                          name)
+    cm = args.countermeasure if args.countermeasure != "deployment" else ("aasist" if name == "recommended" else "none")
     proc, port = start_daemon(store, args.device, args.work / f"daemon-{name}.log",
                               ["--max-streams", str(args.streams + 8), "--max-frame-bytes", str(args.max_frame_bytes),
-                               *args.serve_args.split()])
+                               "--countermeasure", cm, *args.serve_args.split()], models=args.models)
     try:
         url = f"ws://127.0.0.1:{port}/v1/stream"
         daemon = psutil.Process(proc.pid)
         stall = asyncio.run(stall_phase(url, port, audio[0][1], args.max_frame_bytes))
         print(f"[{name}] event-loop stall:", json.dumps(stall), flush=True)
-        rt = asyncio.run(phase(url, port, daemon, audio, args.streams, args.duration, realtime=True))
+        rt = asyncio.run(phase(url, port, daemon, audio, args.streams, args.duration, realtime=True,
+                               spread=args.spread))
         print(f"[{name}] real time:", json.dumps(rt), flush=True)
         # the raw rate right before saturation (the daemon idle): a shared machine's load drifts
         raw = raw_throughput(args.embedder, args.device)
@@ -481,6 +530,13 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "daemon",
                     help="stores are built once and cached here; last.json is written here")
     ap.add_argument("--serve-args", default="", help="extra 'voxguard serve' flags")
+    ap.add_argument("--countermeasure", default="deployment",
+                    help="the daemon's --countermeasure (default 'deployment': aasist for recommended, none for plain)")
+    ap.add_argument("--models", type=Path, default=REPO.parent / "shared" / "models" / "aasist",
+                    help="$VOXGUARD_MODELS for the daemon (default ../shared/models/aasist)")
+    ap.add_argument("--spread", type=float, default=0.5,
+                    help="real-time streams start spread over this many seconds (default 0.5; the issue's "
+                         "target: 60)")
     args = ap.parse_args()
     if not AN4.is_dir():
         print(f"AN4 not found at {AN4} (set VOXGUARD_AN4)", file=sys.stderr)
@@ -508,6 +564,14 @@ def main() -> int:
             ("saturation CPU cores: daemon / its loop / client", lambda r: f"{r['saturation']['daemon_cpu_cores']} / "
                                                                f"{r['saturation']['event_loop_cpu_cores']} / "
                                                                f"{r['saturation']['client_cpu_cores']}"),
+            ("countermeasure coverage", lambda r: "-" if not r["realtime"]["countermeasure"] else
+             f"{r['realtime']['countermeasure']['coverage']:.0%} "
+             f"({r['realtime']['countermeasure']['checks_skipped']} skipped)"),
+            ("first verdicts <= 10 s voice", lambda r: "-" if not r["realtime"]["countermeasure"] else
+             f"{r['realtime']['countermeasure']['first_verdict_within_10s']}/{args.streams} "
+             f"(max {(r['realtime']['countermeasure']['first_verdict_voiced_s'] or {}).get('max')} s)"),
+            ("countermeasure cost / embedder", lambda r: "-" if not r["realtime"]["countermeasure"] else
+             f"x{r['realtime']['countermeasure']['cost_ratio_to_embedder']} per audio s"),
             ("event-loop stall ms (<= 10)", lambda r: f"{r['event_loop']['stall_ms']} "
                                                       f"(max {r['event_loop']['stall_max_ms']}, idle "
                                                       f"{r['event_loop']['idle_stall_ms']})")]

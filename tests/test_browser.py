@@ -64,7 +64,9 @@ def test_page_shows_the_enrolled_speaker(browser, daemon, tmp_path):
     wait_text(page, "#verdict", "t === 'accept'")
     status = text(page, "#status")
     assert status.startswith("streaming ") and " Hz to resemblyzer" in status and "4 enrolled" in status
-    assert text(page, "#clone") == "none"
+    # no known clones, no trained detector, no countermeasure installed: the page says so, never "none"
+    assert text(page, "#clone") == "unavailable"
+    assert "voxguard models fetch aasist" in text(page, "#clone-detail")
     assert "score 0." in text(page, "#speaker-detail")
     page.wait_for_timeout(1500)  # a few more points on the chart
     shot = tmp_path / "voxguard-browser.png"

@@ -532,7 +532,9 @@ def test_monitor_page_shows_the_live_call(daemon, store, an4_speakers, tmp_path)
                                f"r.querySelector('.claim .badge').textContent === 'accept'; }})()", timeout=60_000)
         assert page.text_content(f"{row} .chan") == "inbound"
         assert page.text_content(f'{card} tr[data-channel="1"] .chan') == "outbound"
-        assert page.text_content(f"{row} .clone .badge") == "none"
+        # nothing weighs clone evidence on this call (no detector, no countermeasure): said, not "none"
+        assert page.text_content(f"{row} .clone .badge") == "unavailable"
+        assert "voxguard models fetch" in page.get_attribute(f"{row} .clone", "title")
         shot = tmp_path / "monitor.png"
         page.screenshot(path=str(shot), full_page=True)
         shutil.copyfile(shot, SCREENSHOT_COPY)
