@@ -316,6 +316,19 @@ async def monitor(proc: psutil.Process, stop: asyncio.Event, out: dict) -> None:
     out.update(rss=rss, cpu=busy / elapsed, loop_cpu=(loop1 - loop0) / elapsed)
 
 
+def steady_rate(samples: list[tuple[float, float]], total: float) -> float | None:
+    """Windows/s between the samples where 10 % and 90 % of ``total`` windows had been embedded."""
+    if total <= 0 or len(samples) < 3:
+        return None
+    t = np.array([a for a, _ in samples])
+    w = np.array([b for _, b in samples])
+    i, j = int(np.searchsorted(w, 0.1 * total)), int(np.searchsorted(w, 0.9 * total))
+    j = min(j, len(w) - 1)
+    if j <= i or t[j] <= t[i]:
+        return None
+    return round(float((w[j] - w[i]) / (t[j] - t[i])), 1)
+
+
 def countermeasure_figures(stats: list, before: str, after: str, realtime: bool) -> dict | None:
     """Coverage, first verdicts and cost of the countermeasure in one phase (None when it is off)."""
     d = lambda name: metric(after, name) - metric(before, name)  # noqa: E731
@@ -364,12 +377,21 @@ async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, dura
     t0 = time.monotonic()
     me = psutil.Process()
     mine0 = me.cpu_times()
+    samples: list[tuple[float, float]] = []  # (time, windows embedded so far): the steady-state rate
+
+    async def sample_rate() -> None:
+        while True:
+            samples.append((time.monotonic(), metric(await scrape(port), "voxguard_windows_embedded_total") - before))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.create_task(sample_rate())
     await asyncio.gather(*(run_stream(url, f"s{i}", stats[i].speaker,
                                       audio[i % len(audio)][1][: int(duration * RATE) * 2],
                                       t_start + (i / n) * spread if realtime else t_start, realtime, stats[i],
                                       block)
                            for i in range(n)))
     elapsed = time.monotonic() - t_start
+    sampler.cancel()
     mine1 = me.cpu_times()
     stop.set()
     await mon
@@ -383,6 +405,9 @@ async def phase(url: str, port: int, daemon: psutil.Process, audio, n: int, dura
     return {
         "streams": n, "elapsed_s": round(elapsed, 1), "wall_s": round(time.monotonic() - t0, 1),
         "windows_embedded": int(embedded), "window_rate": round(embedded / elapsed, 1),
+        # the rate between 10 % and 90 % of the phase's windows: without the start (connections, the first
+        # batches) and the tail (the last streams' few windows), which weigh more the shorter the phase
+        "steady_window_rate": steady_rate(samples, embedded),
         "identity_events": ident, "top1_correct": round(sum(s.correct for s in stats) / max(ident, 1), 3),
         "dropped": sum(s.summary["windows"]["dropped"] if s.summary else 0 for s in stats),
         "latency_ms": {q: round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else None,
@@ -506,6 +531,7 @@ def run_deployment(name: str, args, store: Path) -> dict:
         proc.wait(60)
     return {"store": str(store), "speakers": len(speakers), "raw": raw, "raw_rate": raw[64],
             "ratio": sat["window_rate"] / raw[64], "target_ratio": TARGET_RATIO[name],
+            "steady_ratio": None if sat["steady_window_rate"] is None else sat["steady_window_rate"] / raw[64],
             "realtime": rt, "saturation": sat, "event_loop": stall}
 
 
@@ -554,6 +580,7 @@ def main() -> int:
             ("saturated windows/s", lambda r: f"{r['saturation']['window_rate']} "
                                               f"(batch {r['saturation']['batch_mean']})"),
             ("ratio (target)", lambda r: f"{r['ratio']:.0%} (>= {r['target_ratio']:.0%})"),
+            ("steady-state ratio (10-90 %)", lambda r: "-" if r["steady_ratio"] is None else f"{r['steady_ratio']:.0%}"),
             ("latency p50/p95/p99 ms", lambda r: "/".join(str((r['realtime']['latency_ms'] or {}).get(q))
                                                           for q in (50, 95, 99))),
             ("streams kept up", lambda r: f"{r['realtime']['streams_kept_up']}/{args.streams}"),
