@@ -243,6 +243,9 @@ class StreamStats:
 async def run_stream(url: str, sid: str, speaker: str, pcm: bytes, t_start: float, realtime: bool,
                      stats: StreamStats, block: float = CHUNK_S) -> None:
     step = int(RATE * (CHUNK_S if realtime else block)) * 2
+    delay = t_start - 1.0 - time.monotonic()
+    if delay > 0:  # a call starts when it starts: connect a moment before (an idle connection times out)
+        await asyncio.sleep(delay)
     async with connect(url, max_size=None, compression=None) as ws:
         # saturation streams are lossless (``realtime: false``): the daemon stops reading instead of
         # dropping, so every window is embedded and the rate is the daemon's sustained maximum
