@@ -13,6 +13,7 @@ from pathlib import Path
 from voxguard.errors import VoxguardError
 from voxguard.store import StoreLocation, parse_store_location
 
+from .auth import Token, TokenError, merge, parse_env_tokens, parse_token_line
 from .session import SessionLimits
 
 DEFAULT_HOST = "127.0.0.1"
@@ -29,7 +30,7 @@ class ServeConfig:
     store: StoreLocation
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[Token, ...] = ()  # (a plain string: a token with every scope)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_origins: tuple[str, ...] = ()
@@ -48,9 +49,13 @@ class ServeConfig:
     webhook_timeout: float = 5.0
     follow_interval: float = 0.5  # seconds between store revision checks (SQLite poll; PostgreSQL listen timeout)
     limits: SessionLimits = field(default_factory=SessionLimits)
+    max_upload_bytes: int = 10 << 20  # largest audio body of POST /v1/speakers/{speaker}/samples
+    request_timeout: float = 60.0  # a request's headers, body and answer (or a WebSocket handshake)
 
     def __post_init__(self) -> None:  # a path or URL given directly becomes a StoreLocation
         object.__setattr__(self, "store", parse_store_location(self.store))
+        object.__setattr__(self, "tokens", merge([t if isinstance(t, Token) else Token(t, all_by_default=True)
+                                                  for t in self.tokens]))
 
     @property
     def auth_required(self) -> bool:
@@ -76,6 +81,10 @@ class ServeConfig:
                 raise ConfigError(f"--webhook must be an http:// or https:// URL, got {url!r}")
         if self.max_monitors < 1 or self.monitor_queue < 1:
             raise ConfigError("--max-monitors and --monitor-queue must be at least 1")
+        if self.max_upload_bytes < 1024:
+            raise ConfigError("--max-upload-bytes must be at least 1024")
+        if self.request_timeout <= 0:
+            raise ConfigError("--request-timeout must be positive")
         if self.webhook_timeout <= 0:
             raise ConfigError("--webhook-timeout must be positive")
         if self.follow_interval < 0:
@@ -94,24 +103,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_tokens(token_file: str | None, env: dict | None = None) -> tuple[str, ...]:
-    """Tokens from ``token_file`` (one per line, ``#`` comments) plus ``$VOXGUARD_TOKENS`` (comma-separated)."""
+def read_tokens(token_file: str | None, env: dict | None = None) -> tuple[Token, ...]:
+    """Tokens from ``token_file`` (``TOKEN [SCOPE,...]`` per line, ``#`` comments) plus
+    ``$VOXGUARD_TOKENS`` (``TOKEN[:SCOPE+SCOPE],...``); see :mod:`voxguard.daemon.auth`."""
     env = os.environ if env is None else env
-    tokens: list[str] = []
-    if token_file:
-        p = Path(token_file).expanduser()
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read token file {p}: {e.strerror or e}") from None
-        tokens += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if not tokens:
-            raise ConfigError(f"token file {p} holds no token")
-    tokens += [t.strip() for t in env.get(TOKENS_ENV, "").split(",") if t.strip()]
-    for t in tokens:
-        if len(t) < 16:
-            raise ConfigError("every token must be at least 16 characters long")
-    return tuple(dict.fromkeys(tokens))
+    tokens: list[Token] = []
+    try:
+        if token_file:
+            p = Path(token_file).expanduser()
+            try:
+                text = p.read_text()
+            except OSError as e:
+                raise ConfigError(f"cannot read token file {p}: {e.strerror or e}") from None
+            for n, line in enumerate(text.splitlines(), 1):
+                t = parse_token_line(line, f"token file {p}, line {n}")
+                if t is not None:
+                    tokens.append(t)
+            if not tokens:
+                raise ConfigError(f"token file {p} holds no token")
+        tokens += parse_env_tokens(env.get(TOKENS_ENV, ""))
+    except TokenError as e:
+        raise ConfigError(str(e)) from None
+    return merge(tokens)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,7 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     net.add_argument("--port", type=int, default=int(env("VOXGUARD_PORT", DEFAULT_PORT)),
                      help="TCP port (default 8765, or $VOXGUARD_PORT; 0 picks a free one)")
     net.add_argument("--token-file", metavar="FILE", default=env("VOXGUARD_TOKEN_FILE"),
-                     help="bearer tokens, one per line (also $VOXGUARD_TOKENS, comma-separated)")
+                     help="bearer tokens, one per line: TOKEN [SCOPE,...] with scopes stream, monitor, enroll, "
+                          "admin (a token alone: every scope); also $VOXGUARD_TOKENS, comma-separated "
+                          "TOKEN[:SCOPE+SCOPE]")
     net.add_argument("--tls-cert", metavar="PEM", default=env("VOXGUARD_TLS_CERT"), help="serve wss:// and https://")
     net.add_argument("--tls-key", metavar="PEM", default=env("VOXGUARD_TLS_KEY"), help="private key for --tls-cert")
     net.add_argument("--allow-origin", metavar="ORIGIN", action="append", default=None,
@@ -138,6 +153,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="close a stream that sends nothing for this long (default 30 s)")
     lim.add_argument("--write-timeout", type=float, default=10.0,
                      help="drop a client that does not read its events for this long (default 10 s)")
+    lim.add_argument("--max-upload-bytes", type=int, default=10 << 20,
+                     help="largest audio file POSTed to /v1/speakers/{speaker}/samples (default 10 MiB; "
+                          "bigger bodies get 413 before anything is decoded)")
+    lim.add_argument("--request-timeout", type=float, default=60.0,
+                     help="time for an HTTP request (headers, body, answer) or a WebSocket handshake "
+                          "(default 60 s)")
     lim.add_argument("--max-pending-windows", type=int, default=16,
                      help="windows of one stream waiting for the embedder before the oldest are dropped "
                           "(default 16)")
@@ -190,6 +211,7 @@ def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
         max_wait=args.max_wait_ms / 1000.0, faiss_threads=args.faiss_threads, max_monitors=args.max_monitors,
         monitor_queue=args.monitor_queue, webhooks=tuple(args.webhook or ()), webhook_secret=args.webhook_secret or None,
         webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout,
-        follow_interval=args.follow_interval, limits=limits)
+        follow_interval=args.follow_interval, limits=limits, max_upload_bytes=args.max_upload_bytes,
+        request_timeout=args.request_timeout)
     cfg.check()
     return cfg

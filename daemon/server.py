@@ -17,7 +17,6 @@ never touches a socket.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import http
 import logging
 import os
@@ -43,11 +42,12 @@ from voxguard.protocol import (ERRORS, MONITOR_PATH, STREAM_PATH, TWILIO_PATH, P
                                parse_subscribe, wire_json)
 
 from .alerts import AlertRules, WebhookSender
+from .auth import Endpoint, Token, find, route, takes_body
 from .batcher import Batcher
 from .call import CallSession
 from .config import ConfigError, ServeConfig
 from .follow import StoreFollower
-from .http_input import BodyTolerantConnection, origin_refusal
+from .http_input import connection_class, origin_refusal
 from .metrics import DaemonMetrics
 from .monitor import CallState, MonitorHub
 from .session import EngineInfo, Output, WindowResult
@@ -446,58 +446,77 @@ class Daemon:
                 self.webhooks.submit(alert)
 
     # -- HTTP ----------------------------------------------------------------------------------
-    def _token_ok(self, request: Request, query: dict) -> bool | None:
-        """None: no token given; else whether it is valid."""
+    @staticmethod
+    def _given_token(request: Request, query: dict) -> str | None:
+        """The bearer token of a request (``Authorization: Bearer``, else ``?token=``), or None."""
         auth = request.headers.get("Authorization")
-        given = None
         if auth:
             scheme, _, value = auth.partition(" ")
-            given = value.strip() if scheme.lower() == "bearer" else ""
-        elif query.get("token"):
-            given = query["token"][0]
-        if given is None:
-            return None
-        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
+            return value.strip() if scheme.lower() == "bearer" else ""
+        if query.get("token"):
+            return query["token"][0]
+        return None
+
+    def _token_ok(self, request: Request, query: dict) -> bool | None:
+        """None: no token given; else whether it is a known token."""
+        given = self._given_token(request, query)
+        return None if given is None else find(self.config.tokens, given) is not None
 
     def _valid_token(self, given: str) -> bool:
-        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
+        """A token given late (a Twilio start message's parameter): known and holding ``stream``."""
+        tok = find(self.config.tokens, given)
+        return tok is not None and tok.grants("stream")
 
-    def _auth_failure(self, request: Request, query: dict) -> Response | None:
-        if not self.config.auth_required:
-            return None
-        ok = self._token_ok(request, query)
-        if ok is None:
-            return _json(401, {"error": "missing bearer token"}, {"WWW-Authenticate": 'Bearer realm="voxguard"'})
-        if not ok:
-            return _json(403, {"error": "invalid token"})
-        return None
+    def _refuse(self, ep: Endpoint, status: int, reason: str, body: dict, extra: dict | None = None) -> Response:
+        self.metrics.http_refusals.labels(ep.name, reason).inc()
+        return _json(status, {**body, "reason": reason, "endpoint": ep.name}, extra)
+
+    def _gate(self, request: Request, query: dict, ep: Endpoint) -> tuple[Response | None, Token | None]:
+        """The one place scopes are checked: (refusal, None) or (None, the token; None without auth)."""
+        if ep.scope is None or not self.config.auth_required:
+            return None, None
+        given = self._given_token(request, query)
+        if given is None:
+            return self._refuse(ep, 401, "missing_token", {"error": "missing bearer token"},
+                                {"WWW-Authenticate": 'Bearer realm="voxguard"'}), None
+        tok = find(self.config.tokens, given)
+        if tok is None:
+            return self._refuse(ep, 403, "invalid_token", {"error": "invalid token"}), None
+        if not tok.grants(ep.scope):
+            return self._refuse(ep, 403, "missing_scope",
+                                {"error": f"this token lacks the {ep.scope!r} scope needed for {ep.name}",
+                                 "missing_scope": ep.scope}), None
+        return None, tok
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path, method = url.path, request.method
-        refused = getattr(connection, "request_body", None) and connection.request_body.refusal()
+        body = getattr(connection, "request_body", None)
+        refused = body is not None and body.refusal()
         if refused:
             return _json(refused[0], {"error": refused[1]}, {"Connection": "close"})
-        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH, "/admin/reload"):
+        ep, params = route(path)
+        if ep is None:
+            if method != "GET":
+                return _json(405, {"error": f"{method} not allowed"}, {"Allow": "GET"})
+            return _json(404, {"error": f"no such endpoint: {path}"})
+        if ep.scope is not None:
             bad_origin = origin_refusal(request.headers, self.config.allow_origins)
             if bad_origin is not None:
                 return _json(403, {"error": bad_origin})
-        if path == TWILIO_PATH and method == "GET" and self.config.auth_required \
-                and self._token_ok(request, query) is None:
+        if method not in ep.methods:
+            allow = ", ".join(ep.methods) or "none"
+            return _json(405, {"error": f"{method} not allowed on {ep.name}: use {allow}"}, {"Allow": allow})
+        if path == TWILIO_PATH and self.config.auth_required and self._given_token(request, query) is None:
             # Twilio drops query strings: the token may come in the start message (checked there)
             return None if self.ready else _shutting_down()
-        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH) and method == "GET":
-            denied = self._auth_failure(request, query)
-            if denied is None and not self.ready:
-                return _shutting_down()
-            return denied  # None: go on with the WebSocket handshake
+        denied, token = self._gate(request, query, ep)
+        if denied is not None:
+            return denied
+        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH):
+            return None if self.ready else _shutting_down()  # None: go on with the WebSocket handshake
         if path == "/admin/reload":
-            if method != "POST":
-                return _json(405, {"error": "use POST"}, {"Allow": "POST"})
-            denied = self._auth_failure(request, query)
-            if denied is not None:
-                return denied
             try:
                 return _json(200, {"reloaded": True, "index": await self.reload()})
             except StoreMissing as e:
@@ -521,9 +540,6 @@ class Daemon:
                 body["reason"] = "shutting down" if self._stop.is_set() else "starting"
             return _json(200 if self.ready else 503, body, None if self.ready else {"Retry-After": RETRY_AFTER})
         if path == CALLS_PATH:
-            denied = self._auth_failure(request, query)
-            if denied is not None:
-                return denied
             return _json(200, {"calls": [st.state.as_dict() for st in self.streams.values() if st.state.ready]})
         if path == "/monitor":
             return _response(200, STATIC_MONITOR.read_bytes(), "text/html; charset=utf-8")
@@ -546,7 +562,7 @@ class Daemon:
             return
         if url.path == TWILIO_PATH:
             echo = query.get("events", ["0"])[-1].lower() in ("1", "true", "yes")
-            deferred = self.config.auth_required and self._token_ok(ws.request, query) is None
+            deferred = self.config.auth_required and self._given_token(ws.request, query) is None
             stream = Stream(self, ws, source="twilio", echo=echo, token_check=self._valid_token if deferred else None)
         else:
             stream = Stream(self, ws)
@@ -676,11 +692,16 @@ class Daemon:
                                           metrics=self.metrics)
             self.webhooks.start()
         limit = cfg.limits.max_frame_bytes
+        for tok in cfg.tokens:
+            if tok.all_by_default:
+                log.warning("token %s is given without scopes: it holds every scope (stream, monitor, enroll, "
+                            "admin); list the scopes it needs after it in the token file", tok.fingerprint)
         try:  # origins: checked in process_request (same origin, or --allow-origin)
             self._server = await serve(
                 self.handler, cfg.host, cfg.port, process_request=self.process_request,
-                create_connection=BodyTolerantConnection, compression=None, max_size=max(2 * limit, 1 << 16),
-                ssl=self._ssl(), server_header="voxguard")
+                create_connection=connection_class(takes_body, cfg.max_upload_bytes), compression=None,
+                max_size=max(2 * limit, 1 << 16), open_timeout=cfg.request_timeout, ssl=self._ssl(),
+                server_header="voxguard")
         except OSError as e:
             self.batcher.stop()
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
