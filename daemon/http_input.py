@@ -19,14 +19,32 @@
 
 from __future__ import annotations
 
+import http
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import SecurityError
-from websockets.http11 import read_body
+from websockets.http11 import Response
 
+from voxguard.protocol import wire_json
+
+
+# -- answers ------------------------------------------------------------------------------------
+def _response(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store")])
+    for k, v in (extra or {}).items():
+        headers[k] = v
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def _json(status: int, data: dict, extra: dict | None = None) -> Response:
+    return _response(status, (wire_json(data) + "\n").encode(), "application/json", extra)
+
+
+# -- request bodies -------------------------------------------------------------------------------
 BODY_IGNORED = 64 * 1024  # bytes of request body read and ignored (endpoints that take no body)
 BODY_DISCARD = 16 << 20  # a bigger body is read and thrown away up to this size, then answered 413
 _CHUNK = 64 * 1024

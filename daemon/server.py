@@ -17,7 +17,6 @@ never touches a socket.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import os
 import signal
@@ -47,10 +46,12 @@ from .batcher import Batcher
 from .call import CallSession
 from .config import ConfigError, ServeConfig
 from .follow import StoreFollower
-from .http_input import connection_class, origin_refusal
+from .http_input import _json, _response, connection_class, origin_refusal
 from .metrics import DaemonMetrics
 from .monitor import CallState, MonitorHub
+from .openapi import OPENAPI_PATH, openapi_document
 from .session import EngineInfo, Output, WindowResult
+from .speakers import SpeakersApi
 from .twilio import TwilioAdapter
 from .snapshot import ScoringSnapshot, load_snapshot
 
@@ -88,18 +89,6 @@ class Notifier:
 
     def reloading(self) -> None:
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-
-
-def _response(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Cache-Control", "no-store")])
-    for k, v in (extra or {}).items():
-        headers[k] = v
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)
-
-
-def _json(status: int, data: dict, extra: dict | None = None) -> Response:
-    return _response(status, (wire_json(data) + "\n").encode(), "application/json", extra)
 
 
 def _shutting_down() -> Response:
@@ -341,6 +330,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._server = None
+        self.speakers = SpeakersApi(self)
         self.follower = StoreFollower(config.store, config.follow_interval, self.reload,
                                       lambda: (self.snapshot.store_id, self.snapshot.revision), self.metrics)
 
@@ -516,6 +506,11 @@ class Daemon:
             return denied
         if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH):
             return None if self.ready else _shutting_down()  # None: go on with the WebSocket handshake
+        if ep.name.startswith("/v1/speakers") or ep.name == "/v1/audit":
+            return await self.speakers.handle(ep, params, request, query, body.data if body is not None else None,
+                                              token)
+        if path == OPENAPI_PATH:
+            return _json(200, openapi_document(self.config.max_upload_bytes))
         if path == "/admin/reload":
             try:
                 return _json(200, {"reloaded": True, "index": await self.reload()})

@@ -18,6 +18,8 @@ def register(sub, common) -> None:
                                     "(created if new). Re-adding the same audio is a no-op.")
     p.add_argument("speaker")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--consent", metavar="REF", help="the consent reference the samples are enrolled under "
+                                                    "(stored with them and in the audit trail)")
     p.set_defaults(func=cmd_add, kind="genuine")
 
     p = esub.add_parser("add-clone", parents=[common], help="add known clones of SPEAKER",
@@ -25,6 +27,7 @@ def register(sub, common) -> None:
     p.add_argument("speaker")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--source", metavar="NAME", help="what made the clones (system, model, vendor)")
+    p.add_argument("--consent", metavar="REF", help="the consent reference (stored and audited)")
     p.set_defaults(func=cmd_add, kind="clone")
 
     p = esub.add_parser("list", parents=[common], help="list enrolled speakers")
@@ -34,9 +37,20 @@ def register(sub, common) -> None:
     p.add_argument("speaker")
     p.set_defaults(func=cmd_show)
 
-    p = esub.add_parser("remove", parents=[common], help="remove a speaker and all its samples")
+    p = esub.add_parser("remove", parents=[common], help="remove a speaker and all its samples",
+                        description="Erase SPEAKER: its audio, embeddings and band views (the freed pages of "
+                                    "an SQLite store are overwritten), recorded in the audit trail.")
     p.add_argument("speaker")
+    p.add_argument("--consent", metavar="REF", help="the reference of the erasure request (audited)")
     p.set_defaults(func=cmd_remove)
+
+    p = esub.add_parser("audit", parents=[common], help="show the audit trail of enrollment changes",
+                        description="Every enrollment change (CLI or HTTP API), oldest first: time, action, "
+                                    "speaker, sample ids, who, consent reference.")
+    p.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    p.add_argument("--after", type=int, default=0, metavar="ID", help="rows after this audit id (paging)")
+    p.add_argument("--speaker", metavar="NAME", help="only this speaker's rows")
+    p.set_defaults(func=cmd_audit)
 
     p = esub.add_parser("import", parents=[common], help="bulk-import a dataset",
                         description="Import every speaker of a dataset. Each speaker is stored in one "
@@ -76,9 +90,9 @@ def register(sub, common) -> None:
 
 
 def _enroller(ctx, store):
-    from .enrollment import Enroller
+    from .enrollment import Enroller, cli_actor
 
-    return Enroller(store, ctx.embedder(store))
+    return Enroller(store, ctx.embedder(store), actor=cli_actor())
 
 
 def cmd_add(ctx) -> int:
@@ -93,12 +107,11 @@ def cmd_add(ctx) -> int:
         decoded[str(Path(f))] = (file_sha256(f), audio)
     if not ctx.store_location.exists():
         ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
+    from .enrollment import cli_actor, enroll_files
+
     with ctx.open_store(create=True) as store:
-        enr = _enroller(ctx, store)
-        report = enr.enroll(a.speaker, a.files, kind=a.kind, provenance=provenance, strict=True,
-                            preloaded=decoded)
-        if report.added:
-            enr.refresh_index()
+        report = enroll_files(store, ctx.embedder(store), a.speaker, a.files, actor=cli_actor(), kind=a.kind,
+                              provenance=provenance, consent=getattr(a, "consent", None), preloaded=decoded)
     what = "known clone" if a.kind == "clone" else "genuine sample"
     ctx.emit(report.as_dict(), f"{a.speaker}: added {report.added} {what}(s), "
                                f"{report.skipped} already enrolled")
@@ -133,13 +146,31 @@ def cmd_show(ctx) -> int:
 
 
 def cmd_remove(ctx) -> int:
-    from ..index import SpeakerIndex
+    from .enrollment import cli_actor, remove_speaker
 
     with ctx.open_store() as store:
-        n = store.remove_speaker(ctx.args.speaker)
-        SpeakerIndex.build(store, use_gpu=False).save_beside(store)
+        n = remove_speaker(store, ctx.args.speaker, actor=cli_actor(), consent=getattr(ctx.args, "consent", None))
     ctx.emit({"speaker": ctx.args.speaker, "removed_samples": n},
              f"removed {ctx.args.speaker} ({n} samples)")
+    return 0
+
+
+def cmd_audit(ctx) -> int:
+    import datetime
+
+    a = ctx.args
+    if a.limit < 1:
+        raise VoxguardError("--limit must be at least 1")
+    with ctx.open_store(readonly=True) as store:
+        rows = store.audit(limit=a.limit, after=a.after, speaker=a.speaker)
+    data = [r.as_dict() for r in rows]
+    lines = []
+    for r in rows:
+        when = datetime.datetime.fromtimestamp(r.at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ids = ",".join(map(str, r.sample_ids)) or "-"
+        lines.append(f"#{r.id:<5} {when} {r.action:<14} {r.speaker:<20} samples {ids}  by {r.actor}"
+                     + (f"  consent {r.consent}" if r.consent else ""))
+    ctx.emit(data, "\n".join(lines) if lines else "no enrollment changes recorded")
     return 0
 
 

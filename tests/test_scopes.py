@@ -153,6 +153,7 @@ def test_a_monitor_token_cannot_enroll_or_stream(daemon):
     assert ws_status(daemon, "/v1/stream", MONITOR) == 403
     assert http(daemon, "GET", "/v1/calls", MONITOR)[0] == 200
     assert ws_status(daemon, "/v1/monitor", MONITOR) == 101
+    assert http(daemon, "GET", "/v1/speakers", ENROLL)[0] == 200
     assert http(daemon, "GET", "/v1/audit", ENROLL)[0] == 403
 
 
@@ -163,6 +164,10 @@ def test_an_admin_token_and_an_unscoped_one_can_do_everything(daemon):
         assert http(daemon, "GET", "/v1/calls", token)[0] == 200
         assert http(daemon, "GET", "/monitor", token)[0] == 200
         assert http(daemon, "POST", "/admin/reload", token)[0] == 200
+        assert http(daemon, "GET", "/v1/speakers", token)[0] == 200
+        assert http(daemon, "GET", "/v1/audit", token)[0] == 200
+        assert http(daemon, "GET", "/v1/speakers/nobody", token)[0] == 404
+        assert http(daemon, "DELETE", "/v1/speakers/nobody", token)[0] == 404
     assert http(daemon, "GET", "/v1/calls", "not-a-token-at-all-0000")[0] == 403
     assert refusals(daemon, "/v1/calls", "invalid_token") >= 1
 
