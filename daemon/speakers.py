@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
-MIN_VOICED_S = 1.0  # an upload with less speech than this is refused (422 no_speech)
+MIN_VOICED_S = 0.5  # an upload with less speech than this is refused (422 no_speech)
 MAX_REF_CHARS = 200  # consent references and sources
 CONSENT_HEADER = "X-Voxguard-Consent"
 

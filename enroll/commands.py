@@ -8,6 +8,16 @@ from pathlib import Path
 from ..errors import StoreError, VoxguardError
 
 
+def _add_daemon_arguments(p) -> None:
+    g = p.add_argument_group("a running daemon instead of the store (the speakers API)")
+    g.add_argument("--url", metavar="URL", help="the daemon, http(s)://HOST:PORT (or its ws(s):// stream URL); "
+                                                "needs a token with the 'enroll' scope")
+    g.add_argument("--token", help="bearer token (default $VOXGUARD_TOKEN)")
+    g.add_argument("--token-file", metavar="FILE", help="read the token from FILE (first field of the first "
+                                                        "non-comment line)")
+    g.add_argument("--cafile", metavar="PEM", help="CA certificate(s) to trust for https://")
+
+
 def register(sub, common) -> None:
     enroll = sub.add_parser("enroll", parents=[common], help="manage enrolled speakers and known clones",
                             description="Add, list, inspect and remove enrolled speakers.")
@@ -20,6 +30,7 @@ def register(sub, common) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--consent", metavar="REF", help="the consent reference the samples are enrolled under "
                                                     "(stored with them and in the audit trail)")
+    _add_daemon_arguments(p)
     p.set_defaults(func=cmd_add, kind="genuine")
 
     p = esub.add_parser("add-clone", parents=[common], help="add known clones of SPEAKER",
@@ -28,6 +39,7 @@ def register(sub, common) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--source", metavar="NAME", help="what made the clones (system, model, vendor)")
     p.add_argument("--consent", metavar="REF", help="the consent reference (stored and audited)")
+    _add_daemon_arguments(p)
     p.set_defaults(func=cmd_add, kind="clone")
 
     p = esub.add_parser("list", parents=[common], help="list enrolled speakers")
@@ -42,6 +54,7 @@ def register(sub, common) -> None:
                                     "an SQLite store are overwritten), recorded in the audit trail.")
     p.add_argument("speaker")
     p.add_argument("--consent", metavar="REF", help="the reference of the erasure request (audited)")
+    _add_daemon_arguments(p)
     p.set_defaults(func=cmd_remove)
 
     p = esub.add_parser("audit", parents=[common], help="show the audit trail of enrollment changes",
@@ -95,6 +108,51 @@ def _enroller(ctx, store):
     return Enroller(store, ctx.embedder(store), actor=cli_actor())
 
 
+def _daemon_client(a):
+    """A client of the daemon at ``--url`` (its speakers API)."""
+    import ssl
+    from urllib.parse import urlsplit, urlunsplit
+
+    from ..clients.client import Client
+    from ..clients.stream import read_token
+
+    u = urlsplit(a.url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(u.scheme)
+    if scheme is None or not u.netloc:
+        raise VoxguardError(f"--url must be http(s)://HOST:PORT, got {a.url!r}")
+    ctx = None
+    if a.cafile:
+        try:
+            ctx = ssl.create_default_context(cafile=a.cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise VoxguardError(f"cannot load --cafile {a.cafile}: {e}") from None
+    return Client(urlunsplit((scheme, u.netloc, "/v1/stream", "", "")), read_token(a), ssl=ctx)
+
+
+def _add_remote(ctx, decoded: dict) -> int:
+    """``enroll add --url``: each file is one ``POST /v1/speakers/{speaker}/samples`` (one
+    transaction each, in order; the first refusal stops the rest)."""
+    import asyncio
+
+    a = ctx.args
+    client = _daemon_client(a)
+    total = {"speaker": a.speaker, "kind": a.kind, "added": 0, "skipped": 0, "failed": [], "sample_ids": []}
+
+    async def run():
+        for f in a.files:
+            got = await client.enroll(a.speaker, f, kind=a.kind, source=getattr(a, "source", None),
+                                      consent=a.consent)
+            total["added"] += got["added"]
+            total["skipped"] += got["skipped"]
+            total["sample_ids"] += got["sample_ids"]
+
+    asyncio.run(run())
+    what = "known clone" if a.kind == "clone" else "genuine sample"
+    ctx.emit(total, f"{a.speaker}: added {total['added']} {what}(s), {total['skipped']} already enrolled "
+                    f"(daemon {client.http_url})")
+    return 0
+
+
 def cmd_add(ctx) -> int:
     a = ctx.args
     provenance = {"source": a.source} if getattr(a, "source", None) else {}
@@ -105,6 +163,8 @@ def cmd_add(ctx) -> int:
     for f in a.files:
         audio = load_audio(f)
         decoded[str(Path(f))] = (file_sha256(f), audio)
+    if a.url:
+        return _add_remote(ctx, decoded)
     if not ctx.store_location.exists():
         ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
     from .enrollment import cli_actor, enroll_files
@@ -147,6 +207,15 @@ def cmd_show(ctx) -> int:
 
 def cmd_remove(ctx) -> int:
     from .enrollment import cli_actor, remove_speaker
+
+    if ctx.args.url:
+        import asyncio
+
+        client = _daemon_client(ctx.args)
+        got = asyncio.run(client.delete_speaker(ctx.args.speaker, ctx.args.consent))
+        ctx.emit({"speaker": got["speaker"], "removed_samples": got["removed_samples"]},
+                 f"removed {got['speaker']} ({got['removed_samples']} samples) on {client.http_url}")
+        return 0
 
     with ctx.open_store() as store:
         n = remove_speaker(store, ctx.args.speaker, actor=cli_actor(), consent=getattr(ctx.args, "consent", None))

@@ -59,6 +59,13 @@ def newcomer(an4_speakers, store):
     return sorted(an4_speakers)[2]
 
 
+def speechy(files: list[Path], n: int) -> list[Path]:
+    """The first ``n`` of ``files`` with at least a second of speech (AN4 has very short ones)."""
+    from voxguard.enroll.enrollment import voiced_seconds
+
+    return [f for f in files if voiced_seconds(load_audio(f).samples) >= 1.0][:n]
+
+
 def call(daemon, method: str, path: str, token: str | None = ENROLL, body: bytes | None = None,
          headers: dict | None = None) -> tuple[int, dict]:
     h = dict(headers or {})
@@ -310,3 +317,74 @@ def test_stream_windows_go_before_upload_jobs(embedder):
     assert queued.shape == (5, embedder.dim)
     np.testing.assert_allclose(queued, embedder.embed([audio] * 5), atol=1e-5)
     np.testing.assert_allclose(out["job"][0], queued[0], atol=1e-5)
+
+
+# -- clients: the library and `voxguard enroll add --url` ----------------------------------------------
+def test_client_library_enrolls_lists_and_erases(daemon, an4_speakers, tmp_path):
+    from voxguard.clients import ApiError, AuthRefused, Client
+
+    name = sorted(an4_speakers)[5]
+    files = speechy(an4_speakers[name], 2)
+    ws_url = f"ws://127.0.0.1:{daemon.port}/v1/stream"
+    client = Client(ws_url, token=ENROLL)
+    assert client.http_url == daemon.http
+
+    async def scenario():
+        first = await client.enroll(name, files[0], consent="LIB-1")
+        second = await client.enroll(name, files[1].read_bytes(), filename="two.wav")
+        listed = await client.speakers(page=1)  # every page
+        found = await client.speakers(q=name)
+        shown = await client.speaker(name)
+        try:
+            await client.enroll(name, b"not audio" * 50)
+        except ApiError as e:
+            refused = (e.status, e.body["reason"])
+        try:
+            await Client(ws_url, token=STREAM).speakers()
+        except AuthRefused as e:
+            denied = e.status
+        one = await client.delete_sample(name, first["sample_ids"][0], consent="LIB-DEL")
+        gone = await client.delete_speaker(name)
+        try:
+            await client.speaker(name)
+        except ApiError as e:
+            missing = e.status
+        audit = await Client(ws_url, token=ADMIN).audit(speaker=name)
+        return first, second, listed, found, shown, refused, denied, one, gone, missing, audit
+
+    first, second, listed, found, shown, refused, denied, one, gone, missing, audit = asyncio.run(scenario())
+    assert first["added"] == 1 and first["consent"] == "LIB-1" and second["added"] == 1
+    assert name in [s["speaker"] for s in listed] and len(listed) >= 3
+    assert [s["speaker"] for s in found] == [name]
+    assert [s["source"] for s in shown["samples"]] == [f"upload:{files[0].name}", "upload:two.wav"]
+    assert refused == (422, "undecodable") and denied == 403 and missing == 404
+    assert one["speaker_removed"] is False and gone["removed_samples"] == 1
+    assert [e["action"] for e in audit["entries"]] == ["enroll", "enroll", "remove_sample", "remove_speaker"]
+    assert audit["entries"][2]["consent"] == "LIB-DEL"
+
+
+def test_enroll_cli_targets_a_running_daemon(daemon, an4_speakers, store, tmp_path):
+    from conftest import run_cli
+
+    name = sorted(an4_speakers)[6]
+    untouched = tmp_path / "never-created.db"
+    files = [str(f) for f in speechy(an4_speakers[name], 2)]
+    r = run_cli("--json", "enroll", "add", name, *files, "--url", daemon.http, "--token", ENROLL,
+                "--consent", "CLI-URL", store=untouched)
+    assert r.returncode == 0, r.stderr.decode()
+    out = json.loads(r.stdout)
+    assert out["added"] == 2 and len(out["sample_ids"]) == 2 and not untouched.exists()
+    _, shown = call(daemon, "GET", f"/v1/speakers/{name}")
+    assert shown["genuine"] == 2 and {s["consent"] for s in shown["samples"]} == {"CLI-URL"}
+    # a token file in the daemon's format (token, then scopes) works for the client too
+    tf = tmp_path / "tok"
+    tf.write_text(f"# mine\n{ENROLL} enroll\n")
+    r = run_cli("enroll", "add", name, files[0], "--url", daemon.http, "--token-file", str(tf), store=untouched)
+    assert r.returncode == 0 and "0 genuine sample(s), 1 already enrolled" in r.stdout.decode()
+    r = run_cli("enroll", "add", name, files[0], "--url", daemon.http, "--token", STREAM, store=untouched)
+    assert r.returncode == 6 and "403" in r.stderr.decode()
+    r = run_cli("enroll", "remove", name, "--url", daemon.http, "--token", ENROLL, store=untouched)
+    assert r.returncode == 0 and "removed" in r.stdout.decode()
+    r = run_cli("enroll", "remove", name, "--url", daemon.http, "--token", ENROLL, store=untouched)
+    assert r.returncode != 0 and "unknown speaker" in r.stderr.decode()
+    assert not untouched.exists()
