@@ -486,6 +486,13 @@ class Client:
     async def delete_sample(self, speaker: str, sample_id: int, consent: str | None = None) -> dict:
         return await self._call("DELETE", f"/v1/speakers/{speaker}/samples/{int(sample_id)}", {"consent": consent})
 
+    async def enroll_from_stream(self, stream_id: str, speaker: str, *, channel: int | str | None = None,
+                                 consent: str | None = None) -> dict:
+        """Enroll ``speaker`` from the voiced audio of a stream (live, or ended within the
+        daemon's ``--enroll-window``); :class:`ApiError` 422 names the ``gate`` that failed."""
+        return await self._call("POST", f"/v1/streams/{stream_id}/enroll",
+                                {"speaker": speaker, "channel": channel, "consent": consent}, b"")
+
     async def audit(self, after: int = 0, limit: int = 100, speaker: str | None = None) -> dict:
         """A page of the audit trail (needs an ``admin`` token)."""
         return await self._call("GET", "/v1/audit", {"after": after, "limit": limit, "speaker": speaker})

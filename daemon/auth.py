@@ -4,7 +4,7 @@ A token grants one or more scopes (:data:`SCOPES`):
 
 * ``stream``  — ``/v1/stream``, ``/v1/twilio`` (send a call's audio, get its events);
 * ``monitor`` — ``/v1/monitor``, ``GET /v1/calls`` and the ``/monitor`` page;
-* ``enroll``  — the speakers API (``/v1/speakers...``, ``POST /v1/streams/{id}/enroll``);
+* ``enroll``  — the speakers API (``/v1/speakers...``, ``POST /v1/streams/{stream_id}/enroll``);
 * ``admin``   — ``/admin/*`` and ``GET /v1/audit``; an ``admin`` token holds every scope.
 
 Token file: one token per line, then whitespace and comma-separated scopes
@@ -155,6 +155,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _ep("/v1/speakers/{speaker}", "enroll", "GET", "DELETE"),
     _ep("/v1/speakers/{speaker}/samples", "enroll", "POST"),
     _ep("/v1/speakers/{speaker}/samples/{sample_id}", "enroll", "DELETE"),
+    _ep("/v1/streams/{stream_id}/enroll", "enroll", "POST"),
     _ep("/v1/audit", "admin", "GET"),
     _ep("/admin/reload", "admin", "POST"),
     _ep("/v1/openapi.json", None, "GET"),

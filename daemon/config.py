@@ -50,6 +50,7 @@ class ServeConfig:
     follow_interval: float = 0.5  # seconds between store revision checks (SQLite poll; PostgreSQL listen timeout)
     limits: SessionLimits = field(default_factory=SessionLimits)
     max_upload_bytes: int = 10 << 20  # largest audio body of POST /v1/speakers/{speaker}/samples
+    enroll_consistency: float = 0.85  # enrolling from a call: cosine between the two halves of its windows
     request_timeout: float = 60.0  # a request's headers, body and answer (or a WebSocket handshake)
 
     def __post_init__(self) -> None:  # a path or URL given directly becomes a StoreLocation
@@ -83,6 +84,13 @@ class ServeConfig:
             raise ConfigError("--max-monitors and --monitor-queue must be at least 1")
         if self.max_upload_bytes < 1024:
             raise ConfigError("--max-upload-bytes must be at least 1024")
+        lim = self.limits
+        if lim.enroll_buffer_s < 0 or lim.enroll_window_s < 0 or lim.enroll_min_speech_s < 0:
+            raise ConfigError("--enroll-buffer, --enroll-window and --enroll-min-speech must be 0 or more")
+        if lim.enroll_buffer_s and lim.enroll_min_speech_s > lim.enroll_buffer_s:
+            raise ConfigError("--enroll-min-speech cannot exceed --enroll-buffer")
+        if not -1.0 <= self.enroll_consistency <= 1.0:
+            raise ConfigError("--enroll-consistency is a cosine, between -1 and 1")
         if self.request_timeout <= 0:
             raise ConfigError("--request-timeout must be positive")
         if self.webhook_timeout <= 0:
@@ -162,6 +170,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-pending-windows", type=int, default=16,
                      help="windows of one stream waiting for the embedder before the oldest are dropped "
                           "(default 16)")
+    enr = p.add_argument_group("enrolling from a call (POST /v1/streams/{stream_id}/enroll)")
+    enr.add_argument("--enroll-buffer", type=float, default=60.0, metavar="SECONDS",
+                     help="newest voiced audio kept per speaker track for enrollment (default 60; 0: keep none)")
+    enr.add_argument("--enroll-window", type=float, default=120.0, metavar="SECONDS",
+                     help="how long after a stream ends its audio can still be enrolled (default 120)")
+    enr.add_argument("--enroll-min-speech", type=float, default=8.0, metavar="SECONDS",
+                     help="net speech needed to enroll from a call (default 8)")
+    enr.add_argument("--enroll-consistency", type=float, default=0.85, metavar="COSINE",
+                     help="one voice: split the call's window embeddings in two (2-means); the cosine between "
+                          "the halves' centroids must reach this (default 0.85; resemblyzer on AN4: one voice "
+                          "0.86-0.94, two alternating voices 0.66-0.87)")
     mon = p.add_argument_group("monitoring and alerts")
     mon.add_argument("--max-monitors", type=int, default=32, help="concurrent /v1/monitor subscribers (default 32)")
     mon.add_argument("--monitor-queue", type=int, default=1000,
@@ -196,7 +215,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
     limits = SessionLimits(max_frame_bytes=args.max_frame_bytes, max_duration=args.max_duration,
                            max_pending=args.max_pending_windows, enter_windows=args.enter_windows,
-                           exit_windows=args.exit_windows)
+                           exit_windows=args.exit_windows, enroll_buffer_s=args.enroll_buffer,
+                           enroll_window_s=args.enroll_window, enroll_min_speech_s=args.enroll_min_speech)
     if limits.enter_windows < 1 or limits.exit_windows < 1:
         raise ConfigError("--enter-windows and --exit-windows must be at least 1")
     if args.max_frame_bytes < 1024:
@@ -212,6 +232,6 @@ def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
         monitor_queue=args.monitor_queue, webhooks=tuple(args.webhook or ()), webhook_secret=args.webhook_secret or None,
         webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout,
         follow_interval=args.follow_interval, limits=limits, max_upload_bytes=args.max_upload_bytes,
-        request_timeout=args.request_timeout)
+        request_timeout=args.request_timeout, enroll_consistency=args.enroll_consistency)
     cfg.check()
     return cfg

@@ -70,7 +70,11 @@ SCHEMAS: dict[str, dict] = {
         "voiced_seconds": {**_NUM_OR_NULL, "description": "speech the VAD found in it"},
         "band": {"enum": ["wide", "telephone", None], "description": "the recording's detected band"},
         "consent": _STR_OR_NULL,
-        "revision": {"type": "integer", "description": "store revision this daemon now serves"}}),
+        "revision": {"type": "integer", "description": "store revision this daemon now serves"},
+        "gates": {"type": "object", "description": "enrolling from a call: what the gates measured "
+                                                   "(`speech_seconds`, `consistency`, `clone_level`)"}},
+        required=["speaker", "kind", "added", "skipped", "sample_ids", "seconds", "voiced_seconds", "band",
+                  "consent", "revision"]),
     "SpeakerRemoved": _obj({"speaker": {"type": "string"}, "removed_samples": {"type": "integer"},
                             "revision": {"type": "integer"}}),
     "SampleRemoved": _obj({"speaker": {"type": "string"}, "removed_sample": {"type": "integer"},
@@ -128,10 +132,11 @@ ERRORS = {
     400: "a parameter is invalid (the body says which), or the upload has no body",
     401: "no bearer token (`WWW-Authenticate: Bearer`)",
     403: "unknown token, a token without the endpoint's scope (`missing_scope`), or a browser origin not allowed",
-    404: "unknown speaker (or sample)",
+    404: "unknown speaker (or sample, or stream: unknown or past its enrollment window)",
     413: "the body is over `--max-upload-bytes` (refused before anything is decoded)",
-    422: "nothing was stored: the body is not decodable audio (`reason: undecodable`) or holds too little "
-         f"speech (`reason: no_speech`, under {MIN_VOICED_S:g} s voiced)",
+    422: "nothing was stored: the body is not decodable audio (`reason: undecodable`), holds too little "
+         f"speech (`reason: no_speech`, under {MIN_VOICED_S:g} s voiced), or a call failed a gate "
+         "(`reason: gate_failed`, `gate`)",
     409: "the store holds embeddings of another model",
     503: "the store cannot be written (read-only, unreachable) or the daemon is shutting down",
 }
@@ -169,6 +174,23 @@ OPERATIONS: tuple[Op, ...] = (
        "As for a speaker; the speaker goes with its last sample.",
        (200, "SampleRemoved", "erased"), (400, 401, 403, 404, 503),
        (P_SPEAKER, Param("sample_id", "path", {"type": "integer", "minimum": 1}, "the sample's id", True),
+        P_CONSENT, P_CONSENT_H)),
+    Op("/v1/streams/{stream_id}/enroll", "POST", "enrollFromStream", "Enroll a speaker from a call",
+       "Enrolls the voiced audio a stream kept (the newest `--enroll-buffer` seconds of the track, while the "
+       "stream lasts and `--enroll-window` seconds after it ends; the `ready` event's `enrollment` says so) as "
+       "a genuine sample of `speaker`, only if every gate passes, in this order: `speech` (at least "
+       "`--enroll-min-speech` seconds, default 8), `consistency` (one voice: the call's window embeddings split in "
+       "two by 2-means, the cosine between the halves' centroids reaches `--enroll-consistency`, default 0.85 — "
+       "resemblyzer on AN4, 18 speakers: one voice 0.86-0.94, two alternating voices 0.66-0.87, so similar "
+       "voices can pass), `clone` (the stream's clone suspicion stayed below "
+       "`medium`), `other_speaker` (the stream never named another enrolled speaker). A refusal (422, "
+       "`reason: gate_failed`) names the `gate` that failed.",
+       (201, "Enrolled", "stored"), (400, 401, 403, 404, 409, 422, 503),
+       (Param("stream_id", "path", {"type": "string"}, "the stream's id (its `start` message's)", True),
+        Param("speaker", "query", {"type": "string", "pattern": SPEAKER_PATTERN}, "who the call's speaker is",
+              True),
+        Param("channel", "query", {"type": "string"},
+              "the track of a separate-channel stream: an index or a channel name (Twilio: `inbound`)"),
         P_CONSENT, P_CONSENT_H)),
     Op("/v1/audit", "GET", "getAudit", "The audit trail",
        "Every enrollment change, from this API or the CLI, oldest first.",

@@ -331,6 +331,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._server = None
         self.speakers = SpeakersApi(self)
+        # ended streams whose audio can still be enrolled: stream id -> (expiry, call), oldest first
+        self.ended: dict[str, tuple[float, CallSession]] = {}
         self.follower = StoreFollower(config.store, config.follow_interval, self.reload,
                                       lambda: (self.snapshot.store_id, self.snapshot.revision), self.metrics)
 
@@ -506,7 +508,7 @@ class Daemon:
             return denied
         if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH):
             return None if self.ready else _shutting_down()  # None: go on with the WebSocket handshake
-        if ep.name.startswith("/v1/speakers") or ep.name == "/v1/audit":
+        if ep.name.startswith(("/v1/speakers", "/v1/streams/")) or ep.name == "/v1/audit":
             return await self.speakers.handle(ep, params, request, query, body.data if body is not None else None,
                                               token)
         if path == OPENAPI_PATH:
@@ -577,9 +579,37 @@ class Daemon:
             await stream.run()
         finally:
             del self.streams[stream.session]
+            self._keep_for_enrollment(stream.session)
             for key in stream.session.keys:
                 self.owners.pop(key, None)
             self.metrics.active_streams.dec()
+
+    # -- enrolling from a call ---------------------------------------------------------------------
+    def _keep_for_enrollment(self, call: CallSession) -> None:
+        """An ended stream's voiced audio stays enrollable for ``--enroll-window`` seconds
+        (at most ``--max-streams`` ended streams are kept, oldest dropped first)."""
+        lim = self.config.limits
+        if call.start is None or lim.enroll_buffer_s <= 0 or lim.enroll_window_s <= 0:
+            return
+        self._expire_ended()
+        self.ended.pop(call.stream_id, None)
+        self.ended[call.stream_id] = (time.monotonic() + lim.enroll_window_s, call)
+        while len(self.ended) > self.config.max_streams:
+            self.ended.pop(next(iter(self.ended)))
+
+    def _expire_ended(self) -> None:
+        now = time.monotonic()
+        for sid in [sid for sid, (until, _) in self.ended.items() if until <= now]:
+            del self.ended[sid]
+
+    def call_for_enrollment(self, stream_id: str) -> CallSession | None:
+        """The live stream with this id, else the ended one still in its enrollment window."""
+        for call in self.streams:
+            if call.stream_id == stream_id and call.start is not None:
+                return call
+        self._expire_ended()
+        kept = self.ended.get(stream_id)
+        return kept[1] if kept else None
 
     async def monitor_handler(self, ws: ServerConnection, query: dict) -> None:
         """``/v1/monitor``: every active stream's events, filtered, through a bounded queue."""

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
 from websockets.http11 import Request, Response
 
 from voxguard.errors import (AudioError, EmbedderMismatch, StoreError, StoreMissing, StoreReadOnly, UnknownSample,
@@ -93,6 +94,28 @@ def sample_json(s: SampleInfo) -> dict:
             "created_at": s.created_at}
 
 
+def window_consistency(vectors: np.ndarray, iterations: int = 20) -> float | None:
+    """How much a call's window embeddings look like one voice: split them in two by 2-means
+    (cosine; seeded with the first window and the one least like it) and return the cosine
+    between the two halves' centroids — near 1 when both halves are the same voice, lower for
+    two voices.  None under 4 windows."""
+    if len(vectors) < 4:
+        return None
+    v = np.asarray(vectors, dtype=np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    centroids = v[[0, int(np.argmin(v @ v[0]))]]
+    for _ in range(iterations):
+        label = np.argmax(v @ centroids.T, axis=1)
+        if label.min() == label.max():
+            return 1.0
+        new = np.stack([v[label == k].mean(axis=0) for k in (0, 1)])
+        new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+        if np.allclose(new, centroids):
+            break
+        centroids = new
+    return float(centroids[0] @ centroids[1])
+
+
 class SpeakersApi:
     def __init__(self, daemon):
         self.daemon = daemon
@@ -148,6 +171,8 @@ class SpeakersApi:
                 return await self.list(query)
             if ep.name == "/v1/audit":
                 return await self.audit(query)
+            if ep.name == "/v1/streams/{stream_id}/enroll":
+                return await self.enroll_from_stream(unquote(params[0]), request, query, token)
             speaker = speaker_name(params[0])
             if ep.name == "/v1/speakers/{speaker}":
                 if method == "GET":
@@ -260,6 +285,82 @@ class SpeakersApi:
                "voiced_seconds": rec.get("voiced_seconds"), "band": rec.get("band"), "consent": consent,
                "revision": revision}
         return _json(201 if report.added else 200, out)
+
+    async def _enroll_audio(self, speaker: str, samples: np.ndarray, label: str, provenance: dict,
+                            consent: str | None, token: Token | None, kind: str = "genuine"):
+        """Enroll decoded 16 kHz audio through the CLI's code (a WAV file in a temporary folder)."""
+        from voxguard.audio import Audio
+        from voxguard.enroll.enrollment import enroll_files
+
+        d = self.daemon
+        embedder = QueuedEmbedder(d.batcher, d.embedder)
+
+        def enroll():
+            import soundfile as sf
+
+            with tempfile.TemporaryDirectory(prefix="voxguard-call-") as tmp:
+                path = Path(tmp) / "call.wav"
+                sf.write(path, samples, 16000, subtype="PCM_16")
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                audio = Audio(samples, 16000, 16000, 1)
+                return self._write(lambda st: enroll_files(
+                    st, embedder, speaker, [path], actor=self.actor(token), kind=kind, provenance=provenance,
+                    consent=consent, preloaded={str(path): (digest, audio)}, sources={str(path): label}))
+
+        return await asyncio.to_thread(enroll)
+
+    async def enroll_from_stream(self, stream_id: str, request: Request, query: dict,
+                                 token: Token | None) -> Response:
+        """``POST /v1/streams/{stream_id}/enroll?speaker=NAME[&channel=N]``: the call's voiced
+        audio, if it passes every gate (speech, one voice, no clone suspicion, nobody else)."""
+        raw = _one(query, "speaker")
+        if raw is None:
+            raise ApiError(400, "speaker is required (?speaker=NAME)", parameter="speaker")
+        speaker = speaker_name(raw)
+        channel = _one(query, "channel")
+        consent = self._consent(request, query)
+        d = self.daemon
+        lim = d.config.limits
+        call = d.call_for_enrollment(stream_id)
+        if call is None:
+            raise ApiError(404, f"no stream {stream_id!r}: unknown, or ended more than {lim.enroll_window_s:g} s ago "
+                                f"(--enroll-window)", stream_id=stream_id)
+        try:
+            m = call.enrollment_material(channel)
+        except ValueError as e:
+            raise ApiError(400, str(e), parameter="channel") from None
+
+        def refuse(gate: str, why: str, **extra):
+            raise ApiError(422, f"not enrolled ({gate}): {why}; nothing was stored", reason="gate_failed",
+                           gate=gate, **extra)
+
+        if m.speech_seconds < lim.enroll_min_speech_s:
+            refuse("speech", f"{m.speech_seconds:.1f} s of speech kept, at least {lim.enroll_min_speech_s:g} s needed",
+                   speech_seconds=round(m.speech_seconds, 3), min_speech_seconds=lim.enroll_min_speech_s)
+        consistency = window_consistency(m.vectors)
+        if consistency is None or consistency < d.config.enroll_consistency:
+            refuse("consistency", "the call's windows do not agree on one voice" if consistency is not None else
+                   "too few scored windows to tell one voice", consistency=consistency,
+                   threshold=d.config.enroll_consistency, windows=len(m.vectors))
+        if m.clone_level in ("medium", "high"):
+            refuse("clone", f"the call reached clone suspicion level {m.clone_level!r}", clone_level=m.clone_level)
+        others = sorted(m.identified - {speaker})
+        if others:
+            refuse("other_speaker", f"the call was identified as enrolled speaker(s) {', '.join(others)}",
+                   identified=others)
+        track = "" if channel is None else f"#{channel}"
+        provenance = {"via": "stream", "stream_id": stream_id, **({"channel": channel} if channel is not None else {})}
+        async with self._write_lock:
+            report = await self._enroll_audio(speaker, m.audio, f"stream:{stream_id}{track}", provenance, consent,
+                                              token)
+            revision = await self._changed() if report.added else d.snapshot.revision
+        rec = report.recordings[0] if report.recordings else {}
+        return _json(201 if report.added else 200, {
+            "speaker": speaker, "kind": "genuine", "added": report.added, "skipped": report.skipped,
+            "sample_ids": report.sample_ids, "seconds": rec.get("seconds"), "voiced_seconds": rec.get("voiced_seconds"),
+            "band": rec.get("band"), "consent": consent, "revision": revision,
+            "gates": {"speech_seconds": round(m.speech_seconds, 3), "consistency": round(consistency, 4),
+                      "clone_level": m.clone_level}})
 
     async def delete(self, speaker: str, request: Request, query: dict, token: Token | None) -> Response:
         from voxguard.enroll.enrollment import remove_speaker

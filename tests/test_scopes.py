@@ -111,6 +111,7 @@ PROTECTED = [
     ("DELETE", "/v1/speakers/alice", False, "enroll"),
     ("POST", "/v1/speakers/alice/samples", False, "enroll"),
     ("DELETE", "/v1/speakers/alice/samples/1", False, "enroll"),
+    ("POST", "/v1/streams/call-1/enroll?speaker=alice", False, "enroll"),
     ("GET", "/v1/audit", False, "admin"),
     ("POST", "/admin/reload", False, "admin"),
 ]
@@ -127,7 +128,7 @@ def refusals(daemon, endpoint: str, reason: str) -> float:
 
 @pytest.mark.parametrize("method,path,websocket,scope", PROTECTED, ids=[f"{m} {p}" for m, p, _, _ in PROTECTED])
 def test_a_stream_token_is_refused_with_the_missing_scope(daemon, method, path, websocket, scope):
-    name = route(path)[0].name
+    name = route(path.split("?")[0])[0].name
     before = refusals(daemon, name, "missing_scope")
     if websocket:
         assert ws_status(daemon, path, STREAM) == 403
