@@ -4,7 +4,8 @@ A token grants one or more scopes (:data:`SCOPES`):
 
 * ``stream``  — ``/v1/stream``, ``/v1/twilio`` (send a call's audio, get its events);
 * ``monitor`` — ``/v1/monitor``, ``GET /v1/calls`` and the ``/monitor`` page;
-* ``enroll``  — the speakers API (``/v1/speakers...``, ``POST /v1/streams/{stream_id}/enroll``);
+* ``enroll``  — the speakers API (``/v1/speakers...``, ``POST /v1/streams/{stream_id}/enroll``) and
+  the ``/speakers`` page;
 * ``admin``   — ``/admin/*`` and ``GET /v1/audit``; an ``admin`` token holds every scope.
 
 Token file: one token per line, then whitespace and comma-separated scopes
@@ -151,6 +152,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _ep("/v1/monitor", "monitor", "GET"),
     _ep("/v1/calls", "monitor", "GET"),
     _ep("/monitor", "monitor", "GET"),
+    _ep("/speakers", "enroll", "GET"),
     _ep("/v1/speakers", "enroll", "GET"),
     _ep("/v1/speakers/{speaker}", "enroll", "GET", "DELETE"),
     _ep("/v1/speakers/{speaker}/samples", "enroll", "POST"),

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 STATIC_INDEX = Path(__file__).parent / "static" / "index.html"
 STATIC_MONITOR = Path(__file__).parent / "static" / "monitor.html"
+STATIC_SPEAKERS = Path(__file__).parent / "static" / "speakers.html"
 CALLS_PATH = "/v1/calls"
 SEND_BUFFER = 128 * 1024  # kernel send buffer per stream (events are small: ~100 KB/s at most)
 MAX_OUTBOX = 1000  # events waiting to be written to one client before it counts as a slow consumer
@@ -540,6 +541,8 @@ class Daemon:
             return _json(200, {"calls": [st.state.as_dict() for st in self.streams.values() if st.state.ready]})
         if path == "/monitor":
             return _response(200, STATIC_MONITOR.read_bytes(), "text/html; charset=utf-8")
+        if path == "/speakers":
+            return _response(200, STATIC_SPEAKERS.read_bytes(), "text/html; charset=utf-8")
         if path in ("/", "/index.html"):
             if STATIC_INDEX.is_file():
                 return _response(200, STATIC_INDEX.read_bytes(), "text/html; charset=utf-8")

@@ -260,7 +260,12 @@ class SpeakersApi:
             with tempfile.TemporaryDirectory(prefix="voxguard-upload-") as tmp:
                 path = Path(tmp) / "upload"
                 path.write_bytes(body)
-                audio = load_audio(path)  # decoded before the store is opened: bad input touches nothing
+                try:  # decoded before the store is opened: bad input touches nothing
+                    audio = load_audio(path)
+                except AudioError as e:  # (the reason without the temporary file's name)
+                    why = e.reason.replace(f"{path}: ", "").replace(str(path), "the upload")
+                    raise ApiError(422, f"cannot decode the audio: {why}; nothing was stored",
+                                   reason="undecodable") from None
                 from voxguard.enroll.enrollment import voiced_seconds
 
                 voiced = voiced_seconds(audio.samples)

@@ -106,6 +106,7 @@ PROTECTED = [
     ("GET", "/v1/monitor", True, "monitor"),
     ("GET", "/v1/calls", False, "monitor"),
     ("GET", "/monitor", False, "monitor"),
+    ("GET", "/speakers", False, "enroll"),
     ("GET", "/v1/speakers", False, "enroll"),
     ("GET", "/v1/speakers/alice", False, "enroll"),
     ("DELETE", "/v1/speakers/alice", False, "enroll"),
