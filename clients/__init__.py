@@ -15,7 +15,7 @@ to decode files; nothing here imports the daemon.  ``docs/clients.md`` is the gu
     asyncio.run(main())
 """
 
-from .client import (DEFAULT_URL, AuthRefused, Client, ClientError, ConnectFailed, ConnectionLost, ServerError,
+from .client import (DEFAULT_URL, ApiError, AuthRefused, Client, ClientError, ConnectFailed, ConnectionLost, ServerError,
                      StreamConnection, backoff_delay, encode_block)
 from .events import (CloneSuspicion, Error, Event, Identity, Ready, Reconnected, SpeechEnd, SpeechStart, Summary,
                      Verification, Warning, parse_event)
@@ -23,6 +23,7 @@ from .sources import ArraySource, AudioSource, PcmSource, QueueSource, file_sour
 
 __all__ = [
     "DEFAULT_URL", "Client", "StreamConnection", "ClientError", "ConnectFailed", "AuthRefused", "ServerError",
+    "ApiError",
     "ConnectionLost", "backoff_delay", "encode_block",
     "Event", "Ready", "SpeechStart", "SpeechEnd", "Identity", "Verification", "CloneSuspicion", "Warning",
     "Summary", "Error", "Reconnected", "parse_event",

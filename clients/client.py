@@ -114,6 +114,17 @@ class ServerError(ClientError):
         self.retryable = event.code in RETRYABLE_CODES
 
 
+class ApiError(ClientError):
+    """The speakers API answered with an error (``status``; ``body`` is its JSON, with ``error``)."""
+
+    exit_code = 4
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(f"HTTP {status}: {body.get('error', body)}")
+        self.status = status
+        self.body = body
+
+
 class ConnectionLost(ClientError):
     """The connection closed before the stream ended normally (network failure, server
     crash or shutdown).  ``summary`` is set when a shutdown summary came first."""
@@ -399,6 +410,92 @@ class Client:
         self.buffer_blocks = buffer_blocks
         self.encoding = encoding
         self.sleep: Callable[[float], object] = asyncio.sleep
+
+    # -- the speakers API (HTTP on the daemon's port; see docs/speakers-api.md) ----------------------
+    @property
+    def http_url(self) -> str:
+        """``http(s)://HOST:PORT`` of the daemon the stream URL points at."""
+        u = urlsplit(self.url)
+        return f"{'https' if u.scheme == 'wss' else 'http'}://{u.netloc}"
+
+    def _request(self, method: str, path: str, query: Mapping | None = None, body: bytes | None = None,
+                 headers: Mapping | None = None) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+        from urllib.parse import quote, urlencode
+
+        q = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self.http_url + quote(path) + (f"?{urlencode(q)}" if q else "")
+        h = {"Accept": "application/json", **(headers or {})}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, data=body, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=max(60.0, self.open_timeout), context=self.ssl) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConnectFailed(f"cannot reach {self.http_url}: {reason}") from None
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {"error": raw[:200].decode(errors="replace")}
+        if status in (401, 403):
+            raise AuthRefused(f"{method} {path}: HTTP {status}: {data.get('error', '')}", status)
+        if status >= 400:
+            raise ApiError(status, data)
+        return status, data
+
+    async def _call(self, *args, **kw) -> dict:
+        return (await asyncio.to_thread(self._request, *args, **kw))[1]
+
+    async def enroll(self, speaker: str, audio: bytes | str | os.PathLike, *, kind: str = "genuine",
+                     source: str | None = None, consent: str | None = None, filename: str | None = None) -> dict:
+        """Enroll one recording (a file path, or the file's bytes) as a ``kind`` sample of
+        ``speaker``; returns what was stored (``sample_ids``, ``voiced_seconds``, ``band`` ...).
+        :class:`ApiError` 422 when nothing could be (undecodable, no speech)."""
+        if isinstance(audio, (str, os.PathLike)):
+            filename = filename or os.path.basename(os.fspath(audio))
+            with open(audio, "rb") as f:
+                audio = f.read()
+        return await self._call("POST", f"/v1/speakers/{speaker}/samples",
+                                {"kind": kind, "source": source, "consent": consent, "filename": filename},
+                                bytes(audio), {"Content-Type": "application/octet-stream"})
+
+    async def speakers(self, q: str | None = None, page: int = 100) -> list[dict]:
+        """Every enrolled speaker (all pages), or those whose name contains ``q``."""
+        out: list[dict] = []
+        after = None
+        while True:
+            got = await self._call("GET", "/v1/speakers", {"limit": page, "after": after, "q": q})
+            out += got["speakers"]
+            after = got["next"]
+            if after is None:
+                return out
+
+    async def speaker(self, speaker: str) -> dict:
+        """One speaker with its samples."""
+        return await self._call("GET", f"/v1/speakers/{speaker}")
+
+    async def delete_speaker(self, speaker: str, consent: str | None = None) -> dict:
+        """Erase a speaker (audio, embeddings, index rows)."""
+        return await self._call("DELETE", f"/v1/speakers/{speaker}", {"consent": consent})
+
+    async def delete_sample(self, speaker: str, sample_id: int, consent: str | None = None) -> dict:
+        return await self._call("DELETE", f"/v1/speakers/{speaker}/samples/{int(sample_id)}", {"consent": consent})
+
+    async def enroll_from_stream(self, stream_id: str, speaker: str, *, channel: int | str | None = None,
+                                 consent: str | None = None) -> dict:
+        """Enroll ``speaker`` from the voiced audio of a stream (live, or ended within the
+        daemon's ``--enroll-window``); :class:`ApiError` 422 names the ``gate`` that failed."""
+        return await self._call("POST", f"/v1/streams/{stream_id}/enroll",
+                                {"speaker": speaker, "channel": channel, "consent": consent}, b"")
+
+    async def audit(self, after: int = 0, limit: int = 100, speaker: str | None = None) -> dict:
+        """A page of the audit trail (needs an ``admin`` token)."""
+        return await self._call("GET", "/v1/audit", {"after": after, "limit": limit, "speaker": speaker})
 
     async def stream(self, source: AudioSource, *, claimed_speaker: str | None = None,
                      options: StreamOptions | Mapping | None = None, stream_id: str | None = None,

@@ -63,7 +63,8 @@ def read_token(args) -> str | None:
             lines = [ln.strip() for ln in p.read_text().splitlines()]
         except OSError as e:
             raise UsageError(f"cannot read token file {p}: {e.strerror or e}") from None
-        token = next((ln for ln in lines if ln and not ln.startswith("#")), None)
+        # a daemon token file's line is "TOKEN [SCOPES]": the first field is the token
+        token = next((ln.split()[0] for ln in lines if ln and not ln.startswith("#")), None)
         if token is None:
             raise UsageError(f"token file {p} holds no token")
         return token

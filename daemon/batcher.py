@@ -26,17 +26,23 @@ queue has one lock; :meth:`Batcher.withdraw` removes requests a stream dropped b
 model saw them, and ``on_taken`` tells the streams which requests a batch took (those are
 answered for sure, so a stream never drops them: no model time is spent on a window whose
 result would be thrown away).
+
+Off-stream work (embedding an uploaded enrollment recording) goes through the same embed
+threads and replicas as *jobs* (:meth:`Batcher.run_job`, :class:`QueuedEmbedder`): an embed
+thread takes a job only when no stream window is waiting, and a job is a slice of at most
+:data:`JOB_WINDOWS` windows, so stream windows wait at most one slice for an upload.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import queue
 import threading
 import time
 from collections import deque
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -82,6 +88,7 @@ def failed(requests: Sequence[WindowRequest], e: BaseException) -> list[WindowRe
 
 
 _DONE = object()
+JOB_WINDOWS = 8  # windows per off-stream job slice (an upload's embedding is cut into these)
 WORKER_NICE = 5  # the worker threads yield the CPU to the event loop (event latency) when both want it
 
 
@@ -107,6 +114,7 @@ class Batcher:
         self.max_wait = max_wait
         self.metrics = metrics
         self._queue: deque[tuple[float, WindowRequest]] = deque()
+        self._jobs: deque[tuple[Callable, concurrent.futures.Future]] = deque()  # off-stream work
         self._cond = threading.Condition()
         self._stopping = False
         self._seq = 0  # batches taken so far (the score thread delivers in this order)
@@ -154,14 +162,27 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
+    def run_job(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(embedder)`` on an embed thread (with its replica) when no stream window is
+        waiting; blocks the calling thread (never the event loop's) until it is done."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the worker is stopping")
+            self._jobs.append((fn, fut))
+            self._cond.notify()
+        return fut.result()
+
     # -- worker threads ----------------------------------------------------------------------
-    def _take(self) -> tuple[int, list[WindowRequest]] | None:
+    def _take(self) -> tuple[int, list[WindowRequest]] | tuple[Callable, concurrent.futures.Future] | None:
         with self._cond:
             while True:
-                while not self._queue:
+                while not self._queue and not self._jobs:
                     if self._stopping:
                         return None
                     self._cond.wait()
+                if not self._queue:  # stream windows first: a job only when none waits
+                    return self._jobs.popleft()
                 deadline = self._queue[0][0] + self.max_wait
                 while len(self._queue) < self.max_batch and not self._stopping:
                     left = deadline - time.monotonic()
@@ -185,6 +206,14 @@ class Batcher:
             if taken is None:
                 self._embedded.put(_DONE)
                 return
+            if callable(taken[0]):
+                fn, fut = taken
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn(embedder))
+                    except BaseException as e:  # noqa: BLE001 — handed to the job's caller
+                        fut.set_exception(e)
+                continue
             seq, batch = taken
             if self.on_taken is not None:
                 self.on_taken([(r.key, r.index) for r in batch])
@@ -245,3 +274,24 @@ class Batcher:
         results = score(vecs, requests)
         self._observe(len(requests), t1 - t0, time.perf_counter() - t1)
         return results
+
+
+class QueuedEmbedder:
+    """The daemon's embedder for off-stream work: ``embed`` runs on the batcher's embed threads,
+    :data:`JOB_WINDOWS` windows per job, each taken only when no stream window waits (so an
+    upload never starves the streams); everything else is the embedder's."""
+
+    def __init__(self, batcher: Batcher, embedder, windows_per_job: int = JOB_WINDOWS):
+        self._batcher = batcher
+        self._embedder = embedder
+        self._per_job = windows_per_job
+
+    def embed(self, samples: Sequence[np.ndarray]) -> np.ndarray:
+        parts = [self._batcher.run_job(lambda e, part=list(samples[i:i + self._per_job]): e.embed(part))
+                 for i in range(0, len(samples), self._per_job)]
+        if not parts:
+            return np.zeros((0, self._embedder.dim), dtype=np.float32)
+        return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+
+    def __getattr__(self, name: str):
+        return getattr(self._embedder, name)

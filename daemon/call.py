@@ -147,6 +147,26 @@ class CallSession:
         ready.update(extra or {})
         return Output(events=self._tag([ready], None))
 
+    def enrollment_material(self, channel: int | str | None = None):
+        """The :class:`~.session.EnrollMaterial` of one track: ``channel`` an index or a channel
+        name (Twilio's tracks); None for a mixed stream's only track.  ValueError when there is
+        no such track (or a separate-channel stream is asked without one)."""
+        if not self.sessions:
+            raise ValueError("the stream was never started")
+        if channel is None:
+            if len(self.sessions) > 1:
+                raise ValueError(f"this stream has {len(self.sessions)} channels: say which (channel=0..)")
+            return self.sessions[0].enrollment_material()
+        if isinstance(channel, str) and not channel.isdigit():
+            names = self.channel_names or []
+            if channel not in names:
+                raise ValueError(f"no channel named {channel!r} (channels: {', '.join(names) or 'none named'})")
+            channel = names.index(channel)
+        c = int(channel)
+        if not 0 <= c < len(self.sessions):
+            raise ValueError(f"no channel {c}: the stream has {len(self.sessions)}")
+        return self.sessions[c].enrollment_material()
+
     def _check_started(self) -> None:
         if self.start is None:
             raise ProtocolError("not_started", "audio before 'start'")

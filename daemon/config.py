@@ -13,6 +13,7 @@ from pathlib import Path
 from voxguard.errors import VoxguardError
 from voxguard.store import StoreLocation, parse_store_location
 
+from .auth import Token, TokenError, merge, parse_env_tokens, parse_token_line
 from .session import SessionLimits
 
 DEFAULT_HOST = "127.0.0.1"
@@ -29,7 +30,7 @@ class ServeConfig:
     store: StoreLocation
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[Token, ...] = ()  # (a plain string: a token with every scope)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_origins: tuple[str, ...] = ()
@@ -50,9 +51,14 @@ class ServeConfig:
     countermeasure: str = "auto"  # auto: the default model when installed; none; or a model name
     countermeasure_budget: float = 0.5  # share of one CPU core the countermeasure may use
     limits: SessionLimits = field(default_factory=SessionLimits)
+    max_upload_bytes: int = 10 << 20  # largest audio body of POST /v1/speakers/{speaker}/samples
+    enroll_consistency: float = 0.85  # enrolling from a call: cosine between the two halves of its windows
+    request_timeout: float = 60.0  # a request's headers, body and answer (or a WebSocket handshake)
 
     def __post_init__(self) -> None:  # a path or URL given directly becomes a StoreLocation
         object.__setattr__(self, "store", parse_store_location(self.store))
+        object.__setattr__(self, "tokens", merge([t if isinstance(t, Token) else Token(t, all_by_default=True)
+                                                  for t in self.tokens]))
 
     @property
     def auth_required(self) -> bool:
@@ -80,6 +86,17 @@ class ServeConfig:
             raise ConfigError("--max-monitors and --monitor-queue must be at least 1")
         if not 0.0 < self.countermeasure_budget <= 1.0:
             raise ConfigError("--countermeasure-budget must be in (0, 1] (a share of one CPU core)")
+        if self.max_upload_bytes < 1024:
+            raise ConfigError("--max-upload-bytes must be at least 1024")
+        lim = self.limits
+        if lim.enroll_buffer_s < 0 or lim.enroll_window_s < 0 or lim.enroll_min_speech_s < 0:
+            raise ConfigError("--enroll-buffer, --enroll-window and --enroll-min-speech must be 0 or more")
+        if lim.enroll_buffer_s and lim.enroll_min_speech_s > lim.enroll_buffer_s:
+            raise ConfigError("--enroll-min-speech cannot exceed --enroll-buffer")
+        if not -1.0 <= self.enroll_consistency <= 1.0:
+            raise ConfigError("--enroll-consistency is a cosine, between -1 and 1")
+        if self.request_timeout <= 0:
+            raise ConfigError("--request-timeout must be positive")
         if self.webhook_timeout <= 0:
             raise ConfigError("--webhook-timeout must be positive")
         if self.follow_interval < 0:
@@ -98,24 +115,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_tokens(token_file: str | None, env: dict | None = None) -> tuple[str, ...]:
-    """Tokens from ``token_file`` (one per line, ``#`` comments) plus ``$VOXGUARD_TOKENS`` (comma-separated)."""
+def read_tokens(token_file: str | None, env: dict | None = None) -> tuple[Token, ...]:
+    """Tokens from ``token_file`` (``TOKEN [SCOPE,...]`` per line, ``#`` comments) plus
+    ``$VOXGUARD_TOKENS`` (``TOKEN[:SCOPE+SCOPE],...``); see :mod:`voxguard.daemon.auth`."""
     env = os.environ if env is None else env
-    tokens: list[str] = []
-    if token_file:
-        p = Path(token_file).expanduser()
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read token file {p}: {e.strerror or e}") from None
-        tokens += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if not tokens:
-            raise ConfigError(f"token file {p} holds no token")
-    tokens += [t.strip() for t in env.get(TOKENS_ENV, "").split(",") if t.strip()]
-    for t in tokens:
-        if len(t) < 16:
-            raise ConfigError("every token must be at least 16 characters long")
-    return tuple(dict.fromkeys(tokens))
+    tokens: list[Token] = []
+    try:
+        if token_file:
+            p = Path(token_file).expanduser()
+            try:
+                text = p.read_text()
+            except OSError as e:
+                raise ConfigError(f"cannot read token file {p}: {e.strerror or e}") from None
+            for n, line in enumerate(text.splitlines(), 1):
+                t = parse_token_line(line, f"token file {p}, line {n}")
+                if t is not None:
+                    tokens.append(t)
+            if not tokens:
+                raise ConfigError(f"token file {p} holds no token")
+        tokens += parse_env_tokens(env.get(TOKENS_ENV, ""))
+    except TokenError as e:
+        raise ConfigError(str(e)) from None
+    return merge(tokens)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,7 +148,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     net.add_argument("--port", type=int, default=int(env("VOXGUARD_PORT", DEFAULT_PORT)),
                      help="TCP port (default 8765, or $VOXGUARD_PORT; 0 picks a free one)")
     net.add_argument("--token-file", metavar="FILE", default=env("VOXGUARD_TOKEN_FILE"),
-                     help="bearer tokens, one per line (also $VOXGUARD_TOKENS, comma-separated)")
+                     help="bearer tokens, one per line: TOKEN [SCOPE,...] with scopes stream, monitor, enroll, "
+                          "admin (a token alone: every scope); also $VOXGUARD_TOKENS, comma-separated "
+                          "TOKEN[:SCOPE+SCOPE]")
     net.add_argument("--tls-cert", metavar="PEM", default=env("VOXGUARD_TLS_CERT"), help="serve wss:// and https://")
     net.add_argument("--tls-key", metavar="PEM", default=env("VOXGUARD_TLS_KEY"), help="private key for --tls-cert")
     net.add_argument("--allow-origin", metavar="ORIGIN", action="append", default=None,
@@ -142,9 +165,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="close a stream that sends nothing for this long (default 30 s)")
     lim.add_argument("--write-timeout", type=float, default=10.0,
                      help="drop a client that does not read its events for this long (default 10 s)")
+    lim.add_argument("--max-upload-bytes", type=int, default=10 << 20,
+                     help="largest audio file POSTed to /v1/speakers/{speaker}/samples (default 10 MiB; "
+                          "bigger bodies get 413 before anything is decoded)")
+    lim.add_argument("--request-timeout", type=float, default=60.0,
+                     help="time for an HTTP request (headers, body, answer) or a WebSocket handshake "
+                          "(default 60 s)")
     lim.add_argument("--max-pending-windows", type=int, default=16,
                      help="windows of one stream waiting for the embedder before the oldest are dropped "
                           "(default 16)")
+    enr = p.add_argument_group("enrolling from a call (POST /v1/streams/{stream_id}/enroll)")
+    enr.add_argument("--enroll-buffer", type=float, default=60.0, metavar="SECONDS",
+                     help="newest voiced audio kept per speaker track for enrollment (default 60; 0: keep none)")
+    enr.add_argument("--enroll-window", type=float, default=120.0, metavar="SECONDS",
+                     help="how long after a stream ends its audio can still be enrolled (default 120)")
+    enr.add_argument("--enroll-min-speech", type=float, default=8.0, metavar="SECONDS",
+                     help="net speech needed to enroll from a call (default 8)")
+    enr.add_argument("--enroll-consistency", type=float, default=0.85, metavar="COSINE",
+                     help="one voice: split the call's window embeddings in two (2-means); the cosine between "
+                          "the halves' centroids must reach this (default 0.85; resemblyzer on AN4: one voice "
+                          "0.86-0.94, two alternating voices 0.66-0.87)")
     mon = p.add_argument_group("monitoring and alerts")
     mon.add_argument("--max-monitors", type=int, default=32, help="concurrent /v1/monitor subscribers (default 32)")
     mon.add_argument("--monitor-queue", type=int, default=1000,
@@ -186,7 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
     limits = SessionLimits(max_frame_bytes=args.max_frame_bytes, max_duration=args.max_duration,
                            max_pending=args.max_pending_windows, enter_windows=args.enter_windows,
-                           exit_windows=args.exit_windows)
+                           exit_windows=args.exit_windows, enroll_buffer_s=args.enroll_buffer,
+                           enroll_window_s=args.enroll_window, enroll_min_speech_s=args.enroll_min_speech)
     if limits.enter_windows < 1 or limits.exit_windows < 1:
         raise ConfigError("--enter-windows and --exit-windows must be at least 1")
     if args.max_frame_bytes < 1024:
@@ -202,6 +243,7 @@ def from_args(args: argparse.Namespace, store: StoreLocation) -> ServeConfig:
         monitor_queue=args.monitor_queue, webhooks=tuple(args.webhook or ()), webhook_secret=args.webhook_secret or None,
         webhook_level=args.webhook_level, webhook_timeout=args.webhook_timeout,
         follow_interval=args.follow_interval, countermeasure=args.countermeasure,
-        countermeasure_budget=args.countermeasure_budget, limits=limits)
+        countermeasure_budget=args.countermeasure_budget, limits=limits, max_upload_bytes=args.max_upload_bytes,
+        request_timeout=args.request_timeout, enroll_consistency=args.enroll_consistency)
     cfg.check()
     return cfg

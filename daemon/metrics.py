@@ -9,6 +9,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from voxguard.protocol import CLONE_LEVELS, ERRORS, EVENT_TYPES
 
 from .alerts import ALERT_KINDS
+from .auth import ENDPOINTS
+
+REFUSAL_REASONS = ("missing_token", "invalid_token", "missing_scope")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -69,6 +72,14 @@ class DaemonMetrics:
         self.store_degraded = Gauge("voxguard_store_degraded",
                                     "1 while the store cannot be read (streams are served from the loaded index)",
                                     registry=r)
+        self.http_refusals = Counter("voxguard_http_refusals_total",
+                                     "Requests refused by the token gate, by endpoint (path template) and reason "
+                                     "(missing_token 401, invalid_token 403, missing_scope 403)",
+                                     ["endpoint", "reason"], registry=r)
+        for ep in ENDPOINTS:
+            if ep.scope is not None:
+                for reason in REFUSAL_REASONS:
+                    self.http_refusals.labels(ep.name, reason)
         self.model = Info("voxguard_model", "The embedder in use", registry=r)
         self.index = Info("voxguard_index", "The index in use", registry=r)
         self.index_speakers = Gauge("voxguard_index_speakers", "Enrolled speakers in the index", registry=r)

@@ -17,8 +17,6 @@ never touches a socket.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import http
 import logging
 import os
 import signal
@@ -43,16 +41,19 @@ from voxguard.protocol import (ERRORS, MONITOR_PATH, STREAM_PATH, TWILIO_PATH, P
                                parse_subscribe, wire_json)
 
 from .alerts import AlertRules, WebhookSender
+from .auth import Endpoint, Token, find, route, takes_body
 from .batcher import Batcher
 from .call import CallSession
 from .countermeasure_checks import ContextResult, CountermeasureInfo
 from .countermeasure_worker import CountermeasureWorker
 from .config import ConfigError, ServeConfig
 from .follow import StoreFollower
-from .http_input import BodyTolerantConnection, origin_refusal
+from .http_input import _json, _response, connection_class, origin_refusal
 from .metrics import DaemonMetrics
 from .monitor import CallState, MonitorHub
+from .openapi import OPENAPI_PATH, openapi_document
 from .session import EngineInfo, Output, WindowResult
+from .speakers import SpeakersApi
 from .twilio import TwilioAdapter
 from .snapshot import ScoringSnapshot, load_snapshot
 
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 STATIC_INDEX = Path(__file__).parent / "static" / "index.html"
 STATIC_MONITOR = Path(__file__).parent / "static" / "monitor.html"
+STATIC_SPEAKERS = Path(__file__).parent / "static" / "speakers.html"
 CALLS_PATH = "/v1/calls"
 SEND_BUFFER = 128 * 1024  # kernel send buffer per stream (events are small: ~100 KB/s at most)
 MAX_OUTBOX = 1000  # events waiting to be written to one client before it counts as a slow consumer
@@ -90,18 +92,6 @@ class Notifier:
 
     def reloading(self) -> None:
         self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-
-
-def _response(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Cache-Control", "no-store")])
-    for k, v in (extra or {}).items():
-        headers[k] = v
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)
-
-
-def _json(status: int, data: dict, extra: dict | None = None) -> Response:
-    return _response(status, (wire_json(data) + "\n").encode(), "application/json", extra)
 
 
 def _shutting_down() -> Response:
@@ -358,6 +348,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._server = None
+        self.speakers = SpeakersApi(self)
+        # ended streams whose audio can still be enrolled: stream id -> (expiry, call), oldest first
+        self.ended: dict[str, tuple[float, CallSession]] = {}
         self.follower = StoreFollower(config.store, config.follow_interval, self.reload,
                                       lambda: (self.snapshot.store_id, self.snapshot.revision), self.metrics)
 
@@ -493,58 +486,82 @@ class Daemon:
                 self.webhooks.submit(alert)
 
     # -- HTTP ----------------------------------------------------------------------------------
-    def _token_ok(self, request: Request, query: dict) -> bool | None:
-        """None: no token given; else whether it is valid."""
+    @staticmethod
+    def _given_token(request: Request, query: dict) -> str | None:
+        """The bearer token of a request (``Authorization: Bearer``, else ``?token=``), or None."""
         auth = request.headers.get("Authorization")
-        given = None
         if auth:
             scheme, _, value = auth.partition(" ")
-            given = value.strip() if scheme.lower() == "bearer" else ""
-        elif query.get("token"):
-            given = query["token"][0]
-        if given is None:
-            return None
-        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
+            return value.strip() if scheme.lower() == "bearer" else ""
+        if query.get("token"):
+            return query["token"][0]
+        return None
+
+    def _token_ok(self, request: Request, query: dict) -> bool | None:
+        """None: no token given; else whether it is a known token."""
+        given = self._given_token(request, query)
+        return None if given is None else find(self.config.tokens, given) is not None
 
     def _valid_token(self, given: str) -> bool:
-        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.config.tokens)
+        """A token given late (a Twilio start message's parameter): known and holding ``stream``."""
+        tok = find(self.config.tokens, given)
+        return tok is not None and tok.grants("stream")
 
-    def _auth_failure(self, request: Request, query: dict) -> Response | None:
-        if not self.config.auth_required:
-            return None
-        ok = self._token_ok(request, query)
-        if ok is None:
-            return _json(401, {"error": "missing bearer token"}, {"WWW-Authenticate": 'Bearer realm="voxguard"'})
-        if not ok:
-            return _json(403, {"error": "invalid token"})
-        return None
+    def _refuse(self, ep: Endpoint, status: int, reason: str, body: dict, extra: dict | None = None) -> Response:
+        self.metrics.http_refusals.labels(ep.name, reason).inc()
+        return _json(status, {**body, "reason": reason, "endpoint": ep.name}, extra)
+
+    def _gate(self, request: Request, query: dict, ep: Endpoint) -> tuple[Response | None, Token | None]:
+        """The one place scopes are checked: (refusal, None) or (None, the token; None without auth)."""
+        if ep.scope is None or not self.config.auth_required:
+            return None, None
+        given = self._given_token(request, query)
+        if given is None:
+            return self._refuse(ep, 401, "missing_token", {"error": "missing bearer token"},
+                                {"WWW-Authenticate": 'Bearer realm="voxguard"'}), None
+        tok = find(self.config.tokens, given)
+        if tok is None:
+            return self._refuse(ep, 403, "invalid_token", {"error": "invalid token"}), None
+        if not tok.grants(ep.scope):
+            return self._refuse(ep, 403, "missing_scope",
+                                {"error": f"this token lacks the {ep.scope!r} scope needed for {ep.name}",
+                                 "missing_scope": ep.scope}), None
+        return None, tok
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path, method = url.path, request.method
-        refused = getattr(connection, "request_body", None) and connection.request_body.refusal()
+        body = getattr(connection, "request_body", None)
+        refused = body is not None and body.refusal()
         if refused:
             return _json(refused[0], {"error": refused[1]}, {"Connection": "close"})
-        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH, "/admin/reload"):
+        ep, params = route(path)
+        if ep is None:
+            if method != "GET":
+                return _json(405, {"error": f"{method} not allowed"}, {"Allow": "GET"})
+            return _json(404, {"error": f"no such endpoint: {path}"})
+        if ep.scope is not None:
             bad_origin = origin_refusal(request.headers, self.config.allow_origins)
             if bad_origin is not None:
                 return _json(403, {"error": bad_origin})
-        if path == TWILIO_PATH and method == "GET" and self.config.auth_required \
-                and self._token_ok(request, query) is None:
+        if method not in ep.methods:
+            allow = ", ".join(ep.methods) or "none"
+            return _json(405, {"error": f"{method} not allowed on {ep.name}: use {allow}"}, {"Allow": allow})
+        if path == TWILIO_PATH and self.config.auth_required and self._given_token(request, query) is None:
             # Twilio drops query strings: the token may come in the start message (checked there)
             return None if self.ready else _shutting_down()
-        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH) and method == "GET":
-            denied = self._auth_failure(request, query)
-            if denied is None and not self.ready:
-                return _shutting_down()
-            return denied  # None: go on with the WebSocket handshake
+        denied, token = self._gate(request, query, ep)
+        if denied is not None:
+            return denied
+        if path in (STREAM_PATH, TWILIO_PATH, MONITOR_PATH):
+            return None if self.ready else _shutting_down()  # None: go on with the WebSocket handshake
+        if ep.name.startswith(("/v1/speakers", "/v1/streams/")) or ep.name == "/v1/audit":
+            return await self.speakers.handle(ep, params, request, query, body.data if body is not None else None,
+                                              token)
+        if path == OPENAPI_PATH:
+            return _json(200, openapi_document(self.config.max_upload_bytes))
         if path == "/admin/reload":
-            if method != "POST":
-                return _json(405, {"error": "use POST"}, {"Allow": "POST"})
-            denied = self._auth_failure(request, query)
-            if denied is not None:
-                return denied
             try:
                 return _json(200, {"reloaded": True, "index": await self.reload()})
             except StoreMissing as e:
@@ -568,12 +585,11 @@ class Daemon:
                 body["reason"] = "shutting down" if self._stop.is_set() else "starting"
             return _json(200 if self.ready else 503, body, None if self.ready else {"Retry-After": RETRY_AFTER})
         if path == CALLS_PATH:
-            denied = self._auth_failure(request, query)
-            if denied is not None:
-                return denied
             return _json(200, {"calls": [st.state.as_dict() for st in self.streams.values() if st.state.ready]})
         if path == "/monitor":
             return _response(200, STATIC_MONITOR.read_bytes(), "text/html; charset=utf-8")
+        if path == "/speakers":
+            return _response(200, STATIC_SPEAKERS.read_bytes(), "text/html; charset=utf-8")
         if path in ("/", "/index.html"):
             if STATIC_INDEX.is_file():
                 return _response(200, STATIC_INDEX.read_bytes(), "text/html; charset=utf-8")
@@ -593,7 +609,7 @@ class Daemon:
             return
         if url.path == TWILIO_PATH:
             echo = query.get("events", ["0"])[-1].lower() in ("1", "true", "yes")
-            deferred = self.config.auth_required and self._token_ok(ws.request, query) is None
+            deferred = self.config.auth_required and self._given_token(ws.request, query) is None
             stream = Stream(self, ws, source="twilio", echo=echo, token_check=self._valid_token if deferred else None)
         else:
             stream = Stream(self, ws)
@@ -613,9 +629,37 @@ class Daemon:
             await stream.run()
         finally:
             del self.streams[stream.session]
+            self._keep_for_enrollment(stream.session)
             for key in stream.session.keys:
                 self.owners.pop(key, None)
             self.metrics.active_streams.dec()
+
+    # -- enrolling from a call ---------------------------------------------------------------------
+    def _keep_for_enrollment(self, call: CallSession) -> None:
+        """An ended stream's voiced audio stays enrollable for ``--enroll-window`` seconds
+        (at most ``--max-streams`` ended streams are kept, oldest dropped first)."""
+        lim = self.config.limits
+        if call.start is None or lim.enroll_buffer_s <= 0 or lim.enroll_window_s <= 0:
+            return
+        self._expire_ended()
+        self.ended.pop(call.stream_id, None)
+        self.ended[call.stream_id] = (time.monotonic() + lim.enroll_window_s, call)
+        while len(self.ended) > self.config.max_streams:
+            self.ended.pop(next(iter(self.ended)))
+
+    def _expire_ended(self) -> None:
+        now = time.monotonic()
+        for sid in [sid for sid, (until, _) in self.ended.items() if until <= now]:
+            del self.ended[sid]
+
+    def call_for_enrollment(self, stream_id: str) -> CallSession | None:
+        """The live stream with this id, else the ended one still in its enrollment window."""
+        for call in self.streams:
+            if call.stream_id == stream_id and call.start is not None:
+                return call
+        self._expire_ended()
+        kept = self.ended.get(stream_id)
+        return kept[1] if kept else None
 
     async def monitor_handler(self, ws: ServerConnection, query: dict) -> None:
         """``/v1/monitor``: every active stream's events, filtered, through a bounded queue."""
@@ -728,11 +772,16 @@ class Daemon:
                                           metrics=self.metrics)
             self.webhooks.start()
         limit = cfg.limits.max_frame_bytes
+        for tok in cfg.tokens:
+            if tok.all_by_default:
+                log.warning("token %s is given without scopes: it holds every scope (stream, monitor, enroll, "
+                            "admin); list the scopes it needs after it in the token file", tok.fingerprint)
         try:  # origins: checked in process_request (same origin, or --allow-origin)
             self._server = await serve(
                 self.handler, cfg.host, cfg.port, process_request=self.process_request,
-                create_connection=BodyTolerantConnection, compression=None, max_size=max(2 * limit, 1 << 16),
-                ssl=self._ssl(), server_header="voxguard")
+                create_connection=connection_class(takes_body, cfg.max_upload_bytes), compression=None,
+                max_size=max(2 * limit, 1 << 16), open_timeout=cfg.request_timeout, ssl=self._ssl(),
+                server_header="voxguard")
         except OSError as e:
             self.batcher.stop()
             if self.cm_worker is not None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +65,12 @@ class SessionLimits:
     exit_windows: int = 3
     undecided_band: float = 0.5  # LLR units: undecided within ±band of a threshold
     verify_min_windows: int = 3
+    # enrollment from a call (POST /v1/streams/{id}/enroll): the newest voiced audio kept per
+    # track (seconds; 0: none kept, no enrollment from calls) and how long after the stream ends
+    # it stays available (the server keeps it; the session only holds it)
+    enroll_buffer_s: float = 60.0
+    enroll_window_s: float = 120.0
+    enroll_min_speech_s: float = 8.0
 
 
 CALIBRATED_WINDOW_S = WindowConfig().window_s  # what enrollment windows, and so every calibration, use
@@ -177,6 +183,25 @@ class Output:
 
 
 @dataclass(frozen=True)
+class EnrollMaterial:
+    """What a track offers for enrollment: its newest voiced audio (16 kHz float32, at most
+    ``enroll_buffer_s`` seconds), the embeddings of its scored windows over that audio, and what
+    the stream decided about it (clone level, who was identified)."""
+
+    audio: np.ndarray
+    vectors: np.ndarray  # [n, dim]
+    clone_level: str  # the highest session clone level reached
+    # enrolled speakers the stream named (window decision, session identity) or whose session
+    # LLR passes the accept threshold
+    identified: frozenset[str]
+    band: str
+
+    @property
+    def speech_seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
 class _Outstanding:
     request: WindowRequest  # what was handed to the worker (the window's times among it)
     received_at: float  # the caller's clock when the audio completing this window arrived
@@ -242,6 +267,12 @@ class Session:
         self.scored = 0
         self.dropped = 0
         self._warned_at = -1e9
+        # enrollment buffer: voiced audio as int16 (bounded), window embeddings over it
+        self._voiced: deque[np.ndarray] = deque()
+        self._voiced_len = 0
+        self._voiced_max = int(self.limits.enroll_buffer_s * SAMPLE_RATE)
+        hop = max(o.hop, 0.1)
+        self._vectors: deque[np.ndarray] = deque(maxlen=max(1, int(self.limits.enroll_buffer_s / hop) + 1))
 
     # -- bookkeeping -------------------------------------------------------------------
     @property
@@ -278,7 +309,52 @@ class Session:
             options={"window": o.window, "hop": o.hop, "vad_aggressiveness": o.vad_aggressiveness,
                      "vad_frame_ms": o.vad_frame_ms, "top_k": o.top_k, "realtime": o.realtime},
             countermeasure=self.engine.countermeasure_status(), clone_detection=self.engine.clone_detection(),
-            claimed_speaker=start.claimed_speaker)
+            claimed_speaker=start.claimed_speaker, enrollment=self.enrollment_info())
+
+    def enrollment_info(self) -> dict | None:
+        """The ``ready`` event's ``enrollment``: what ``POST /v1/streams/{id}/enroll`` can use."""
+        lim = self.limits
+        if lim.enroll_buffer_s <= 0:
+            return None
+        return {"buffer_s": lim.enroll_buffer_s, "window_after_s": lim.enroll_window_s,
+                "min_speech_s": lim.enroll_min_speech_s}
+
+    def _keep_voiced(self, samples: np.ndarray) -> None:
+        if self._voiced_max <= 0 or not len(samples):
+            return
+        chunk = (np.clip(samples[-self._voiced_max:], -1, 1) * 32767).astype(np.int16)
+        self._voiced.append(chunk)
+        self._voiced_len += len(chunk)
+        while self._voiced_len > self._voiced_max:
+            extra = self._voiced_len - self._voiced_max
+            first = self._voiced[0]
+            if len(first) <= extra:
+                self._voiced.popleft()
+                self._voiced_len -= len(first)
+            else:
+                self._voiced[0] = first[extra:]
+                self._voiced_len -= extra
+
+    def enrollment_material(self) -> EnrollMaterial:
+        audio = (np.concatenate(list(self._voiced)).astype(np.float32) / 32767 if self._voiced
+                 else np.zeros(0, np.float32))
+        dim = len(self._vectors[0]) if self._vectors else 0
+        vectors = np.stack(list(self._vectors)) if self._vectors else np.zeros((0, dim), np.float32)
+        named = set(self.heard)
+        who = self.session_identity()["speaker"]
+        if who is not None:
+            named.add(who)
+        # and every speaker whose mean window score over the stream passes the session
+        # calibration's accept (verification) threshold, named or not
+        n = self.evidence.windows
+        cal = self.snapshot.session(n, self.band) if n else None
+        ranking = self.evidence.ranking(max(1, self.snapshot.enrolled))
+        if cal is not None and ranking:
+            for (speaker, _), llr in zip(ranking, cal.llr([v for _, v in ranking])):
+                if float(llr) >= cal.accept_llr:
+                    named.add(speaker)
+        # the clone gate reads the session's clone state: window evidence and countermeasure checks together
+        return EnrollMaterial(audio, vectors, self.clone_session()["max_level"], frozenset(named), self.band)
 
     # -- input ----------------------------------------------------------------------------------
     def receive_samples(self, x: np.ndarray, now: float) -> Output:
@@ -317,6 +393,7 @@ class Session:
         windows = []
         for ev in vad_events:
             if isinstance(ev, Voiced):
+                self._keep_voiced(ev.samples)
                 windows.extend(self._windows.push(ev.samples, ev.start))
                 if self._cm is not None:
                     out.checks.extend(self._cm.push(ev.samples, ev.start))
@@ -395,6 +472,8 @@ class Session:
         if result.error is not None:
             raise RuntimeError(result.error)
         self.scored += 1
+        if result.vector is not None and self._voiced_max > 0:
+            self._vectors.append(np.asarray(result.vector, dtype=np.float32))
         win = {"index": result.index, "start": round(req.start, 4), "end": round(req.end, 4)}
         best = result.window.best if result.window else None
         decision = self.identity.update(best.speaker if best else None, best.llr if best else None)

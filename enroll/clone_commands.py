@@ -167,7 +167,9 @@ def cmd_clone(ctx) -> int:
         if a.enroll:
             from .enrollment import Enroller
 
-            enroller = Enroller(store, ctx.embedder(store))
+            from .enrollment import cli_actor
+
+            enroller = Enroller(store, ctx.embedder(store), actor=cli_actor())
         clones = generate_clones(cloner, target, a.count, a.text, seed=a.seed)
         paths = write_clones(clones, Path(a.out), a.speaker, a.backend)
         added = 0

@@ -226,4 +226,7 @@ def enroll_clones(enroller, speaker: str, cloner: Cloner, clones: list[Clone]) -
                          source_path=str(c.path.resolve()), provenance=clone_provenance(cloner, c),
                          audio=a.samples, views=v)
                for c, a, v in zip(clones, audios, views)]
-    return enroller.store.add_samples(speaker, "clone", samples, enroller.embedder.identity)
+    from ..store import Audit
+
+    audit = None if enroller.actor is None else Audit(enroller.actor, None, {"generated_by": cloner.name})
+    return enroller.store.add_samples(speaker, "clone", samples, enroller.embedder.identity, audit)

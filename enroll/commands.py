@@ -8,6 +8,16 @@ from pathlib import Path
 from ..errors import StoreError, VoxguardError
 
 
+def _add_daemon_arguments(p) -> None:
+    g = p.add_argument_group("a running daemon instead of the store (the speakers API)")
+    g.add_argument("--url", metavar="URL", help="the daemon, http(s)://HOST:PORT (or its ws(s):// stream URL); "
+                                                "needs a token with the 'enroll' scope")
+    g.add_argument("--token", help="bearer token (default $VOXGUARD_TOKEN)")
+    g.add_argument("--token-file", metavar="FILE", help="read the token from FILE (first field of the first "
+                                                        "non-comment line)")
+    g.add_argument("--cafile", metavar="PEM", help="CA certificate(s) to trust for https://")
+
+
 def register(sub, common) -> None:
     enroll = sub.add_parser("enroll", parents=[common], help="manage enrolled speakers and known clones",
                             description="Add, list, inspect and remove enrolled speakers.")
@@ -18,6 +28,9 @@ def register(sub, common) -> None:
                                     "(created if new). Re-adding the same audio is a no-op.")
     p.add_argument("speaker")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--consent", metavar="REF", help="the consent reference the samples are enrolled under "
+                                                    "(stored with them and in the audit trail)")
+    _add_daemon_arguments(p)
     p.set_defaults(func=cmd_add, kind="genuine")
 
     p = esub.add_parser("add-clone", parents=[common], help="add known clones of SPEAKER",
@@ -25,6 +38,8 @@ def register(sub, common) -> None:
     p.add_argument("speaker")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--source", metavar="NAME", help="what made the clones (system, model, vendor)")
+    p.add_argument("--consent", metavar="REF", help="the consent reference (stored and audited)")
+    _add_daemon_arguments(p)
     p.set_defaults(func=cmd_add, kind="clone")
 
     p = esub.add_parser("list", parents=[common], help="list enrolled speakers")
@@ -34,9 +49,21 @@ def register(sub, common) -> None:
     p.add_argument("speaker")
     p.set_defaults(func=cmd_show)
 
-    p = esub.add_parser("remove", parents=[common], help="remove a speaker and all its samples")
+    p = esub.add_parser("remove", parents=[common], help="remove a speaker and all its samples",
+                        description="Erase SPEAKER: its audio, embeddings and band views (the freed pages of "
+                                    "an SQLite store are overwritten), recorded in the audit trail.")
     p.add_argument("speaker")
+    p.add_argument("--consent", metavar="REF", help="the reference of the erasure request (audited)")
+    _add_daemon_arguments(p)
     p.set_defaults(func=cmd_remove)
+
+    p = esub.add_parser("audit", parents=[common], help="show the audit trail of enrollment changes",
+                        description="Every enrollment change (CLI or HTTP API), oldest first: time, action, "
+                                    "speaker, sample ids, who, consent reference.")
+    p.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    p.add_argument("--after", type=int, default=0, metavar="ID", help="rows after this audit id (paging)")
+    p.add_argument("--speaker", metavar="NAME", help="only this speaker's rows")
+    p.set_defaults(func=cmd_audit)
 
     p = esub.add_parser("import", parents=[common], help="bulk-import a dataset",
                         description="Import every speaker of a dataset. Each speaker is stored in one "
@@ -76,9 +103,54 @@ def register(sub, common) -> None:
 
 
 def _enroller(ctx, store):
-    from .enrollment import Enroller
+    from .enrollment import Enroller, cli_actor
 
-    return Enroller(store, ctx.embedder(store))
+    return Enroller(store, ctx.embedder(store), actor=cli_actor())
+
+
+def _daemon_client(a):
+    """A client of the daemon at ``--url`` (its speakers API)."""
+    import ssl
+    from urllib.parse import urlsplit, urlunsplit
+
+    from ..clients.client import Client
+    from ..clients.stream import read_token
+
+    u = urlsplit(a.url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(u.scheme)
+    if scheme is None or not u.netloc:
+        raise VoxguardError(f"--url must be http(s)://HOST:PORT, got {a.url!r}")
+    ctx = None
+    if a.cafile:
+        try:
+            ctx = ssl.create_default_context(cafile=a.cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise VoxguardError(f"cannot load --cafile {a.cafile}: {e}") from None
+    return Client(urlunsplit((scheme, u.netloc, "/v1/stream", "", "")), read_token(a), ssl=ctx)
+
+
+def _add_remote(ctx, decoded: dict) -> int:
+    """``enroll add --url``: each file is one ``POST /v1/speakers/{speaker}/samples`` (one
+    transaction each, in order; the first refusal stops the rest)."""
+    import asyncio
+
+    a = ctx.args
+    client = _daemon_client(a)
+    total = {"speaker": a.speaker, "kind": a.kind, "added": 0, "skipped": 0, "failed": [], "sample_ids": []}
+
+    async def run():
+        for f in a.files:
+            got = await client.enroll(a.speaker, f, kind=a.kind, source=getattr(a, "source", None),
+                                      consent=a.consent)
+            total["added"] += got["added"]
+            total["skipped"] += got["skipped"]
+            total["sample_ids"] += got["sample_ids"]
+
+    asyncio.run(run())
+    what = "known clone" if a.kind == "clone" else "genuine sample"
+    ctx.emit(total, f"{a.speaker}: added {total['added']} {what}(s), {total['skipped']} already enrolled "
+                    f"(daemon {client.http_url})")
+    return 0
 
 
 def cmd_add(ctx) -> int:
@@ -91,14 +163,15 @@ def cmd_add(ctx) -> int:
     for f in a.files:
         audio = load_audio(f)
         decoded[str(Path(f))] = (file_sha256(f), audio)
+    if a.url:
+        return _add_remote(ctx, decoded)
     if not ctx.store_location.exists():
         ctx.embedder()  # a model that cannot load must not leave a new, empty store behind
+    from .enrollment import cli_actor, enroll_files
+
     with ctx.open_store(create=True) as store:
-        enr = _enroller(ctx, store)
-        report = enr.enroll(a.speaker, a.files, kind=a.kind, provenance=provenance, strict=True,
-                            preloaded=decoded)
-        if report.added:
-            enr.refresh_index()
+        report = enroll_files(store, ctx.embedder(store), a.speaker, a.files, actor=cli_actor(), kind=a.kind,
+                              provenance=provenance, consent=getattr(a, "consent", None), preloaded=decoded)
     what = "known clone" if a.kind == "clone" else "genuine sample"
     ctx.emit(report.as_dict(), f"{a.speaker}: added {report.added} {what}(s), "
                                f"{report.skipped} already enrolled")
@@ -133,13 +206,40 @@ def cmd_show(ctx) -> int:
 
 
 def cmd_remove(ctx) -> int:
-    from ..index import SpeakerIndex
+    from .enrollment import cli_actor, remove_speaker
+
+    if ctx.args.url:
+        import asyncio
+
+        client = _daemon_client(ctx.args)
+        got = asyncio.run(client.delete_speaker(ctx.args.speaker, ctx.args.consent))
+        ctx.emit({"speaker": got["speaker"], "removed_samples": got["removed_samples"]},
+                 f"removed {got['speaker']} ({got['removed_samples']} samples) on {client.http_url}")
+        return 0
 
     with ctx.open_store() as store:
-        n = store.remove_speaker(ctx.args.speaker)
-        SpeakerIndex.build(store, use_gpu=False).save_beside(store)
+        n = remove_speaker(store, ctx.args.speaker, actor=cli_actor(), consent=getattr(ctx.args, "consent", None))
     ctx.emit({"speaker": ctx.args.speaker, "removed_samples": n},
              f"removed {ctx.args.speaker} ({n} samples)")
+    return 0
+
+
+def cmd_audit(ctx) -> int:
+    import datetime
+
+    a = ctx.args
+    if a.limit < 1:
+        raise VoxguardError("--limit must be at least 1")
+    with ctx.open_store(readonly=True) as store:
+        rows = store.audit(limit=a.limit, after=a.after, speaker=a.speaker)
+    data = [r.as_dict() for r in rows]
+    lines = []
+    for r in rows:
+        when = datetime.datetime.fromtimestamp(r.at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ids = ",".join(map(str, r.sample_ids)) or "-"
+        lines.append(f"#{r.id:<5} {when} {r.action:<14} {r.speaker:<20} samples {ids}  by {r.actor}"
+                     + (f"  consent {r.consent}" if r.consent else ""))
+    ctx.emit(data, "\n".join(lines) if lines else "no enrollment changes recorded")
     return 0
 
 

@@ -197,3 +197,27 @@ def test_import_bad_arguments(tmp_path, an4_root):
     assert_refused(run_cli("enroll", "import", str(an4_root), "--layout", "an4", "--speakers", "nobody",
                            store=store), "no speakers with audio files")
     assert not store.exists()
+
+
+def test_cli_changes_are_in_the_audit_trail(enrolled, an4_speakers, tmp_path):
+    import getpass
+
+    store = tmp_path / "audited.db"
+    shutil.copy(enrolled, store)
+    r = run_cli("--json", "enroll", "add", "fash", str(an4_speakers["fash"][6]), "--consent", "FORM-42", store=store)
+    assert r.returncode == 0 and json.loads(r.stdout)["added"] == 1, r.stderr.decode()
+    r = run_cli("--json", "enroll", "remove", "mgah", "--consent", "ERASE-9", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    r = run_cli("--json", "enroll", "audit", store=store)
+    rows = json.loads(r.stdout)
+    me = f"cli:{getpass.getuser()}"
+    # the fixture's own enrollments, the new sample, the removal
+    assert [(e["action"], e["speaker"], e["actor"], e["consent"]) for e in rows] == [
+        ("enroll", "fash", me, None), ("enroll", "mgah", me, None), ("enroll", "fash", me, "FORM-42"),
+        ("remove_speaker", "mgah", me, "ERASE-9")]
+    assert len(rows[3]["sample_ids"]) == 3 and len(rows[2]["sample_ids"]) == 1
+    r = run_cli("--json", "enroll", "show", "fash", store=store)
+    assert json.loads(r.stdout)["samples"][-1]["provenance"] == {"consent": "FORM-42"}
+    r = run_cli("enroll", "audit", "--speaker", "mgah", store=store)
+    assert r.returncode == 0 and "remove_speaker" in r.stdout.decode() and "ERASE-9" in r.stdout.decode()
+    assert "fash" not in r.stdout.decode()

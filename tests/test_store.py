@@ -380,3 +380,81 @@ def test_postgres_store_in_its_own_schema(pg_url):
         s.add_samples("alice", "genuine", [sample("a1")], IDENT)
     with open_store(url, readonly=True) as s:
         assert [x.name for x in s.speakers()] == ["alice"]
+
+
+# -- audit trail and erasure ------------------------------------------------------------------------
+def test_changes_are_audited_in_their_transaction(store):
+    from voxguard.errors import UnknownSample
+    from voxguard.store import Audit
+
+    ids = store.add_samples_ids("alice", "genuine", [sample("a1", audio=True), sample("a2")], IDENT,
+                                Audit("token:abcd1234", "REF-1", {"sources": ["x"]}))
+    assert len(ids) == 2
+    rev = store.revision
+    # nothing new: no audit row, no revision bump
+    assert store.add_samples_ids("alice", "genuine", [sample("a1")], IDENT, Audit("cli:bob")) == []
+    assert store.revision == rev
+    assert store.remove_sample("alice", ids[0], Audit("cli:bob", "ERASE-7")) is False
+    with pytest.raises(UnknownSample):
+        store.remove_sample("alice", ids[0], Audit("cli:bob"))
+    with pytest.raises(UnknownSpeaker):
+        store.remove_sample("nobody", ids[1], Audit("cli:bob"))
+    assert store.remove_sample("alice", ids[1], Audit("cli:bob")) is True  # the last one: the speaker goes
+    assert not store.has_speaker("alice")
+    store.add_samples("carol", "clone", [sample("c1")], IDENT, Audit("cli:bob"))
+    assert store.remove_speaker("carol", Audit("token:ffff0000", "ERASE-8")) == 1
+    rows = store.audit()
+    assert [(r.action, r.speaker, r.actor, r.consent) for r in rows] == [
+        ("enroll", "alice", "token:abcd1234", "REF-1"), ("remove_sample", "alice", "cli:bob", "ERASE-7"),
+        ("remove_sample", "alice", "cli:bob", None), ("enroll", "carol", "cli:bob", None),
+        ("remove_speaker", "carol", "token:ffff0000", "ERASE-8")]
+    assert rows[0].sample_ids == ids and rows[0].detail == {"kind": "genuine", "sources": ["x"]}
+    assert rows[2].detail == {"speaker_removed": True}
+    assert [r.id for r in store.audit(limit=2, after=rows[1].id)] == [rows[2].id, rows[3].id]
+    assert [r.action for r in store.audit(speaker="carol")] == ["enroll", "remove_speaker"]
+    # a failed write leaves neither the change nor its audit row
+    with pytest.raises(StoreError):
+        store.add_samples("dave", "genuine", [sample("ok"), sample("bad", dim=7)], IDENT, Audit("cli:bob"))
+    assert not store.has_speaker("dave") and len(store.audit()) == len(rows)
+
+
+def test_removed_audio_leaves_no_copy_in_the_sqlite_files(tmp_path):
+    from voxguard.store import Audit
+
+    path = tmp_path / "erase.db"
+    t = np.arange(16000 * 3) / 16000
+    distinctive = (0.3 * np.sin(2 * np.pi * 317 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
+    s = sample("secret")
+    s.audio = distinctive
+    with SpeakerStore(path) as st:
+        st.add_samples("bob", "genuine", [sample("b1", audio=True)], IDENT)
+        st.add_samples("victim", "genuine", [s], IDENT)
+        blob = st._execute("SELECT audio FROM samples WHERE source_path = '/data/secret.wav'").fetchone()[0]
+        needles = [bytes(blob[i:i + 48]) for i in range(len(blob) // 4, len(blob), len(blob) // 4)[:3]]
+
+        def on_disk() -> bytes:
+            return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+        assert all(n in on_disk() for n in needles)  # the check can fail: the audio is there before
+        st.remove_speaker("victim", Audit("cli:test"))
+        raw = on_disk()
+        assert not any(n in raw for n in needles)
+        assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+        assert st.samples("bob")[0].speaker == "bob" and st.sample_audio(st.samples("bob")[0].id) is not None
+        assert [r.action for r in st.audit()] == ["remove_speaker"]
+        assert blob not in b"".join(str(r.as_dict()).encode() for r in st.audit())
+
+
+def test_schema_2_store_gets_its_audit_table_on_write(backend):
+    with backend.open() as s:
+        s.add_samples("bob", "genuine", [sample("b1")], IDENT)
+    backend.raw("DROP TABLE audit")
+    backend.raw("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with backend.open(readonly=True) as s:
+        assert s.audit() == [] and s.speakers()[0].name == "bob"
+    with backend.open() as s:
+        assert s._meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        from voxguard.store import Audit
+
+        s.remove_speaker("bob", Audit("cli:x"))
+        assert [r.action for r in s.audit()] == ["remove_speaker"]

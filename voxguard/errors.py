@@ -45,5 +45,11 @@ class UnknownSpeaker(StoreError):
         self.name = name
 
 
+class UnknownSample(StoreError):
+    def __init__(self, speaker: str, sample_id: int):
+        super().__init__(f"speaker {speaker!r} has no sample {sample_id}")
+        self.speaker, self.sample_id = speaker, sample_id
+
+
 class ModelError(VoxguardError):
     """An embedder or cloning model cannot be loaded."""

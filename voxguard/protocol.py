@@ -502,7 +502,10 @@ SCHEMAS: dict[str, dict] = {
                                           "calibration": {"type": "string"}}},
         "channel_mode": {"enum": list(CHANNEL_MODES)},
         "claimed_speakers": {"type": "object", "additionalProperties": {"type": "string"}},
-        "channel_names": {"type": "array", "items": {"type": "string"}}}, ["protocol_version", "embedder", "index", "thresholds", "options"]),
+        "channel_names": {"type": "array", "items": {"type": "string"}},
+        "enrollment": {"type": ["object", "null"], "required": ["buffer_s", "window_after_s", "min_speech_s"],
+                       "properties": {"buffer_s": _NUM, "window_after_s": _NUM, "min_speech_s": _NUM}}},
+        ["protocol_version", "embedder", "index", "thresholds", "options"]),
     "speech_start": _event("speech_start", {}, []),
     "speech_end": _event("speech_end", {"duration": _NUM}, ["duration"]),
     "identity": _event("identity", {

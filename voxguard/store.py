@@ -35,12 +35,14 @@ import soundfile as sf
 
 from . import SAMPLE_RATE
 from .embedders.base import EmbedderIdentity
-from .errors import EmbedderMismatch, StoreError, StoreMissing, StoreReadOnly, UnknownSpeaker
+from .errors import EmbedderMismatch, StoreError, StoreMissing, StoreReadOnly, UnknownSample, UnknownSpeaker
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = ("1", "2")  # version 1 lacks sample_views; it is migrated on the first write open
+SCHEMA_VERSION = 3
+# version 1 lacks sample_views, version 2 the audit table; both are migrated on the first write open
+READABLE_SCHEMAS = ("1", "2", "3")
+AUDIT_ACTIONS = ("enroll", "remove_speaker", "remove_sample")
 KINDS = ("genuine", "clone")
 INDEX_SUFFIX = ".faiss"  # the index file of a file store: <store>.faiss beside it
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -80,6 +82,16 @@ CREATE TABLE IF NOT EXISTS sample_views (
     windows BLOB NOT NULL,
     PRIMARY KEY (sample_id, band)
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    action TEXT NOT NULL,
+    speaker TEXT NOT NULL,
+    sample_ids TEXT NOT NULL DEFAULT '[]',
+    actor TEXT NOT NULL,
+    consent TEXT,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
 """
 
 
@@ -106,6 +118,7 @@ class SpeakerSummary:
     clones: int
     duration: float
     created_at: float
+    updated_at: float | None = None  # when its newest sample was stored
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,33 @@ class SampleInfo:
     duration: float
     provenance: dict
     created_at: float
+    bands: tuple[str, ...] = ()  # the bands it has window embeddings for
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Who changed the enrollment and why: written in the same transaction as the change.
+    Holds no audio and no embedding."""
+
+    actor: str  # "token:<fingerprint>", "cli:<user>", ...
+    consent: str | None = None  # the consent reference the change was made under
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    at: float
+    action: str
+    speaker: str
+    sample_ids: list[int]
+    actor: str
+    consent: str | None
+    detail: dict
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "at": self.at, "action": self.action, "speaker": self.speaker,
+                "sample_ids": self.sample_ids, "actor": self.actor, "consent": self.consent, "detail": self.detail}
 
 
 @dataclass
@@ -173,6 +213,7 @@ class Store(ABC):
     location: str  # what messages call the store: a file path, or a URL without its password
     index_path: Path | None  # where the FAISS index file lives beside the store; None: memory only
     _has_views: bool = True
+    _has_audit: bool = True
 
     # -- what each engine provides ---------------------------------------------------------
     @abstractmethod
@@ -272,10 +313,28 @@ class Store(ABC):
                    COALESCE(SUM(CASE WHEN sa.kind = 'genuine' THEN 1 ELSE 0 END), 0),
                    COALESCE(SUM(CASE WHEN sa.kind = 'clone' THEN 1 ELSE 0 END), 0),
                    COALESCE(SUM(sa.duration), 0.0),
-                   sp.created_at
+                   sp.created_at, MAX(sa.created_at)
             FROM speakers sp LEFT JOIN samples sa ON sa.speaker_id = sp.id
-            GROUP BY sp.id ORDER BY sp.name""").fetchall()
-        return [SpeakerSummary(r[0], int(r[1]), int(r[2]), float(r[3]), r[4]) for r in rows]
+            GROUP BY sp.id, sp.name, sp.created_at ORDER BY sp.name""").fetchall()
+        return [SpeakerSummary(r[0], int(r[1]), int(r[2]), float(r[3]), r[4], r[5]) for r in rows]
+
+    def speaker_page(self, limit: int, after: str | None = None, contains: str | None = None) -> list[SpeakerSummary]:
+        """At most ``limit`` speakers in name order, after the name ``after``, whose name holds
+        ``contains`` (case-insensitive)."""
+        sql = """
+            SELECT sp.name,
+                   COALESCE(SUM(CASE WHEN sa.kind = 'genuine' THEN 1 ELSE 0 END), 0),
+                   COALESCE(SUM(CASE WHEN sa.kind = 'clone' THEN 1 ELSE 0 END), 0),
+                   COALESCE(SUM(sa.duration), 0.0),
+                   sp.created_at, MAX(sa.created_at)
+            FROM speakers sp LEFT JOIN samples sa ON sa.speaker_id = sp.id WHERE sp.name > ?"""
+        args: list = [after or ""]
+        if contains:
+            sql += " AND lower(sp.name) LIKE ?"
+            args.append("%" + contains.lower().replace("%", "").replace("_", "") + "%")
+        rows = self._execute(sql + " GROUP BY sp.id, sp.name, sp.created_at ORDER BY sp.name LIMIT ?",
+                             [*args, int(limit)]).fetchall()
+        return [SpeakerSummary(r[0], int(r[1]), int(r[2]), float(r[3]), r[4], r[5]) for r in rows]
 
     def speaker(self, name: str) -> SpeakerSummary:
         for s in self.speakers():
@@ -296,7 +355,17 @@ class Store(ABC):
             sql += " AND sa.kind = ?"
             args.append(kind)
         rows = self._execute(sql + " ORDER BY sp.name, sa.id", args).fetchall()
-        return [SampleInfo(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7]) for r in rows]
+        bands: dict[int, list[str]] = {}
+        if self._has_views and rows:
+            vsql = "SELECT v.sample_id, v.band FROM sample_views v JOIN samples sa ON sa.id = v.sample_id"
+            vargs: list = []
+            if speaker is not None:
+                vsql += " JOIN speakers sp ON sp.id = sa.speaker_id WHERE sp.name = ?"
+                vargs.append(speaker)
+            for sid, band in self._execute(vsql + " ORDER BY v.sample_id, v.band", vargs).fetchall():
+                bands.setdefault(sid, []).append(band)
+        return [SampleInfo(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], tuple(bands.get(r[0], ())))
+                for r in rows]
 
     def known_hashes(self, speaker: str, kind: str) -> set[str]:
         rows = self._execute(
@@ -305,12 +374,19 @@ class Store(ABC):
         return {r[0] for r in rows}
 
     def add_samples(self, speaker: str, kind: str, samples: list[NewSample],
-                    identity: EmbedderIdentity) -> int:
+                    identity: EmbedderIdentity, audit: Audit | None = None) -> int:
         """Store ``samples`` for ``speaker`` in one transaction; returns how many were new.
 
         The speaker is created if needed.  Samples whose content hash the speaker
-        already has (for this kind) are skipped, so re-adding is a no-op.
+        already has (for this kind) are skipped, so re-adding is a no-op.  With ``audit``,
+        an ``enroll`` audit row naming the new samples is written in the same transaction
+        (none when nothing was new).
         """
+        return len(self.add_samples_ids(speaker, kind, samples, identity, audit))
+
+    def add_samples_ids(self, speaker: str, kind: str, samples: list[NewSample],
+                        identity: EmbedderIdentity, audit: Audit | None = None) -> list[int]:
+        """:meth:`add_samples`, returning the ids of the samples that were new."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         if not speaker or not speaker.strip() or len(speaker) > 200:
@@ -322,7 +398,7 @@ class Store(ABC):
             for band, w in s.views.items():
                 _check_windows(w, identity.dim, f"{band} windows of {s.source_path}")
         now = time.time()
-        added = 0
+        added: list[int] = []
         with self.transaction():
             if self.embedder is None:
                 self._set_meta("embedder", json.dumps(identity.as_dict()))
@@ -341,22 +417,80 @@ class Store(ABC):
                      np.asarray(s.embedding, dtype="<f4").tobytes(),
                      encode_audio(s.audio) if s.audio is not None else None, now)).fetchall()
                 if row:
-                    added += 1
+                    added.append(int(row[0][0]))
                     for band, w in s.views.items():
                         self._execute("INSERT INTO sample_views (sample_id, band, windows) VALUES (?, ?, ?)",
                                       (row[0][0], band, _windows_blob(w)))
+            if audit is not None and added:
+                self._audit("enroll", speaker, added, audit, {"kind": kind, **audit.detail})
         return added
 
-    def remove_speaker(self, name: str) -> int:
-        """Delete a speaker and all its samples; returns the number of samples removed."""
+    def remove_speaker(self, name: str, audit: Audit | None = None) -> int:
+        """Delete a speaker and all its samples (audio, embeddings, band views); returns the
+        number of samples removed.  The freed pages are overwritten (:meth:`_erase`)."""
         with self.transaction():
             sid = self._speaker_id(name)
             if sid is None:
                 raise UnknownSpeaker(name)
-            n = self._execute("SELECT count(*) FROM samples WHERE speaker_id = ?", (sid,)).fetchone()[0]
+            ids = [int(r[0]) for r in self._execute("SELECT id FROM samples WHERE speaker_id = ? ORDER BY id",
+                                                    (sid,)).fetchall()]
+            if self._has_views:
+                self._execute("DELETE FROM sample_views WHERE sample_id IN "
+                              "(SELECT id FROM samples WHERE speaker_id = ?)", (sid,))
             self._execute("DELETE FROM samples WHERE speaker_id = ?", (sid,))
             self._execute("DELETE FROM speakers WHERE id = ?", (sid,))
-        return int(n)
+            if audit is not None:
+                self._audit("remove_speaker", name, ids, audit, dict(audit.detail))
+        self._erase()
+        return len(ids)
+
+    def remove_sample(self, speaker: str, sample_id: int, audit: Audit | None = None) -> bool:
+        """Delete one sample of ``speaker``; returns whether the speaker went with it (it was
+        the last).  :class:`UnknownSpeaker`, or :class:`UnknownSample` for a sample it lacks."""
+        with self.transaction():
+            sid = self._speaker_id(speaker)
+            if sid is None:
+                raise UnknownSpeaker(speaker)
+            if not self._execute("SELECT 1 FROM samples WHERE id = ? AND speaker_id = ?",
+                                 (int(sample_id), sid)).fetchone():
+                raise UnknownSample(speaker, int(sample_id))
+            if self._has_views:
+                self._execute("DELETE FROM sample_views WHERE sample_id = ?", (int(sample_id),))
+            self._execute("DELETE FROM samples WHERE id = ?", (int(sample_id),))
+            gone = not self._execute("SELECT 1 FROM samples WHERE speaker_id = ?", (sid,)).fetchone()
+            if gone:
+                self._execute("DELETE FROM speakers WHERE id = ?", (sid,))
+            if audit is not None:
+                self._audit("remove_sample", speaker, [int(sample_id)], audit,
+                            {**audit.detail, "speaker_removed": gone})
+        self._erase()
+        return gone
+
+    # -- audit trail -----------------------------------------------------------------
+    def _audit(self, action: str, speaker: str, sample_ids: list[int], audit: Audit, detail: dict) -> None:
+        if not self._has_audit:
+            raise StoreError(f"{self.location} has no audit table (open it for writing once to migrate it)")
+        self._execute("INSERT INTO audit (at, action, speaker, sample_ids, actor, consent, detail) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (time.time(), action, speaker, json.dumps(sample_ids), audit.actor, audit.consent,
+                       json.dumps(detail)))
+
+    def audit(self, limit: int = 100, after: int | None = None, speaker: str | None = None) -> list[AuditRecord]:
+        """Audit rows, oldest first, with ids above ``after`` (paging), at most ``limit``."""
+        if not self._has_audit:
+            return []
+        sql = "SELECT id, at, action, speaker, sample_ids, actor, consent, detail FROM audit WHERE id > ?"
+        args: list = [int(after or 0)]
+        if speaker is not None:
+            sql += " AND speaker = ?"
+            args.append(speaker)
+        rows = self._execute(sql + " ORDER BY id LIMIT ?", [*args, int(limit)]).fetchall()
+        return [AuditRecord(int(r[0]), float(r[1]), r[2], r[3], json.loads(r[4]), r[5], r[6], json.loads(r[7]))
+                for r in rows]
+
+    def _erase(self) -> None:
+        """After a deletion: leave no recoverable copy of what was deleted in the store's files
+        where the engine allows it (SQLite: secure_delete pages plus a WAL truncation)."""
 
     # -- bulk reads ----------------------------------------------------------------
     def embeddings(self, kind: str | None = None) -> EmbeddingTable:
@@ -557,19 +691,22 @@ class SpeakerStore(Store):
         if "meta" in tables:
             self._check_version()
         self._has_views = "sample_views" in tables
+        self._has_audit = "audit" in tables
         if not readonly:
             self._db.execute("PRAGMA journal_mode = WAL").fetchone()
             self._db.execute("PRAGMA synchronous = NORMAL")
+            # deleted content (a removed speaker's audio) is overwritten with zeros, not left in free pages
+            self._db.execute("PRAGMA secure_delete = ON")
             if "meta" in tables and self._meta("schema_version") != str(SCHEMA_VERSION):
-                with self.transaction():  # version 1 -> 2: the sample_views table
+                with self.transaction():  # version 1 -> 2: sample_views; 2 -> 3: audit
                     for stmt in self._schema_statements():
                         self._db.execute(stmt)
                     self._set_meta("schema_version", str(SCHEMA_VERSION))
-                self._has_views = True
+                self._has_views = self._has_audit = True
         if "meta" not in tables:
             with self.transaction():
                 self._create_schema()
-            self._has_views = True
+            self._has_views = self._has_audit = True
 
     def close(self) -> None:
         self._db.close()
@@ -608,6 +745,20 @@ class SpeakerStore(Store):
 
     def _size_bytes(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
+
+    ERASE_TRIES = 3
+
+    def _erase(self) -> None:
+        """secure_delete zeroed the freed pages in the WAL's new frames; the older frames (the
+        audio as it was written) are gone only once the WAL is checkpointed into the file and
+        truncated, which waits for readers on an older snapshot (retried, then logged)."""
+        for _ in range(self.ERASE_TRIES):
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.1)
+        log.warning("store %s: readers kept the WAL from being truncated after a deletion; the deleted "
+                    "audio leaves the -wal file at the next checkpoint", self.path)
 
 
 def _windows_blob(w: np.ndarray) -> bytes:

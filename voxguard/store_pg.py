@@ -17,6 +17,7 @@ SQLite file (:mod:`voxguard.store`), shared by every daemon replica and enrollme
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from contextlib import contextmanager
 from typing import Iterator
@@ -27,10 +28,12 @@ from psycopg import sql as pgsql
 from .errors import StoreError, StoreMissing
 from .store import _SCHEMA, SCHEMA_VERSION, Store, redact_url
 
+log = logging.getLogger(__name__)
+
 NOTIFY_CHANNEL = "voxguard_store"
 WRITE_LOCK = 0x766F78677561  # pg_advisory_xact_lock key of the store's writers ("voxgua")
 CONNECT_TIMEOUT = 10  # seconds
-TABLES = ("meta", "speakers", "samples", "calibrations", "sample_views")
+TABLES = ("meta", "speakers", "samples", "calibrations", "sample_views", "audit")
 
 
 def _ddl(statement: str) -> str:
@@ -131,9 +134,17 @@ class PostgresStore(Store):
                 if "meta" not in _tables(self._db):
                     self._create_schema()
         version = self._meta("schema_version")
-        if version != str(SCHEMA_VERSION):  # schema 1 (no sample_views) only ever existed in SQLite files
+        # schema 1 (no sample_views) only ever existed in SQLite files; 2 lacks the audit table
+        if version not in ("2", str(SCHEMA_VERSION)):
             raise StoreError(f"{self.location} has store schema version {version}; "
-                             f"this voxguard reads version {SCHEMA_VERSION} in PostgreSQL")
+                             f"this voxguard reads versions 2 and {SCHEMA_VERSION} in PostgreSQL")
+        if version == "2" and create:
+            with self.transaction():  # 2 -> 3: the audit table
+                if self._meta("schema_version") == "2":
+                    for stmt in self._schema_statements():
+                        self._db.execute(stmt)
+                    self._set_meta("schema_version", str(SCHEMA_VERSION))
+        self._has_audit = "audit" in _tables(self._db)
 
     def _schema_statements(self) -> list[str]:
         return [_ddl(s.strip()) for s in _SCHEMA.split(";") if s.strip()]
@@ -180,6 +191,17 @@ class PostgresStore(Store):
             # more may have queued meanwhile: the caller reads the revision once for all of them
         except psycopg.OperationalError as e:
             raise self._fail(e) from None
+
+    def _erase(self) -> None:
+        """Deleted rows stay in the table files until VACUUM reclaims them; plain VACUUM runs
+        here (it cannot run inside a transaction: this connection is in autocommit mode).  Only
+        ``VACUUM FULL`` rewrites the files (and old WAL segments must be recycled): see
+        docs/operations.md (*Erasure*)."""
+        try:
+            self._db.execute("VACUUM samples, sample_views")
+        except psycopg.Error as e:  # not the owner, ...: the deletion stands; say why the space stays
+            log.warning("store %s: VACUUM after a deletion failed (%s); run it as the tables' owner",
+                        self.location, _reason(e, self.url))
 
     def _size_bytes(self) -> int:
         row = self._execute("SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
