@@ -76,8 +76,14 @@ class CallSession:
 
     @property
     def backlog(self) -> int:
-        """Windows of this stream the worker has not answered yet."""
+        """Windows and countermeasure checks of this stream the workers have not answered yet."""
         return sum(s.backlog for s in self.sessions)
+
+    def full(self, max_windows: int, max_checks: int) -> bool:
+        """A lossless stream's backpressure: some track has ``max_windows`` windows or ``max_checks``
+        countermeasure checks outstanding (windows and checks are bounded apart, so a slow
+        countermeasure does not throttle identity windows until its own bound)."""
+        return any(s.window_backlog >= max_windows or s.check_backlog >= max_checks for s in self.sessions)
 
     @property
     def keys(self) -> list[int]:

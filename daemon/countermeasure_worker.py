@@ -9,9 +9,12 @@ oldest first — runs the model once on the batch and the calibration on its out
 
 **Budget.**  On a CPU the model runs single-threaded at nice +10 (below the identity worker's
 +5 and the event loop), and after a batch that took ``t`` seconds the thread rests
-``t * (1 / budget - 1)``: it uses at most ``budget`` of one core, whatever the load, so identity
-windows are never starved; coverage falls instead (re-checks are superseded).  On CUDA the
-budget does not apply and batches are larger.
+``t * (1 / budget - 1)`` (new checks do not cut the rest short; a final check, on which a
+summary waits, does): it uses at most ``budget`` of one core, whatever the load, so identity
+windows are never starved; coverage falls instead (re-checks are superseded).  On a CPU it takes
+one context at a time (a batch is no cheaper per context there, and a first or final check would
+wait behind it); on CUDA the budget does not apply and batches are up to 32.  With no real-time
+track speaking (only lossless streams, which wait for their results anyway) it does not rest.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from .countermeasure_checks import ContextRequest, ContextResult
 log = logging.getLogger(__name__)
 
 CM_NICE = 10
+REALTIME_QUIET_S = 10.0
+"""The budget holds while real-time tracks are speaking (one asked for a check this recently); with only
+lossless streams (files, which wait for their results anyway) the countermeasure runs at its full core."""
 
 
 def check(installed, requests: Sequence[ContextRequest]) -> list[ContextResult]:
@@ -43,13 +49,16 @@ class CountermeasureWorker:
         self.deliver = deliver
         on_gpu = str(installed.model.device).startswith("cuda")
         self.budget = 1.0 if on_gpu else max(0.01, min(1.0, budget))
-        self.max_batch = max_batch or (32 if on_gpu else 4)
+        # on a CPU a batch computes no faster per context (bench_countermeasure_cost.py) and only makes a
+        # waiting final or first check wait longer: one context at a time
+        self.max_batch = max_batch or (32 if on_gpu else 1)
         self.metrics = metrics
         self.nice = nice
         self._pending: list[tuple[float, ContextRequest]] = []  # (arrival, check) waiting
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="voxguard-countermeasure", daemon=True)
+        self._realtime_at = -1e9  # when a real-time track last asked for a check
         self.busy_s = 0.0  # model time spent (for the benchmark's cost figures)
         self.checked = 0
 
@@ -67,6 +76,8 @@ class CountermeasureWorker:
         now = time.monotonic()
         with self._cond:
             for r in requests:
+                if r.supersede:
+                    self._realtime_at = now
                 # the track's waiting re-check is superseded by its newer check
                 for old in [o for o in self._pending if o[1].key == r.key and o[1].kind == "recheck"
                             and o[1].supersede]:
@@ -126,8 +137,16 @@ class CountermeasureWorker:
                 self.metrics.cm_seconds.observe(dt)
                 self.metrics.cm_audio_seconds.inc(sum(r.new_s for r in batch))
             self.deliver(results)
-            if self.budget < 1.0:
-                rest = dt * (1.0 / self.budget - 1.0)
-                with self._cond:
-                    if not self._stopping:
-                        self._cond.wait(rest)  # a stop ends the rest early
+            if self.budget < 1.0 and time.monotonic() - self._realtime_at < REALTIME_QUIET_S:
+                self._rest(dt * (1.0 / self.budget - 1.0))
+
+    def _rest(self, seconds: float) -> None:
+        """Keep the budget: rest ``seconds`` — cut short only by a stop or by a waiting final check (a
+        summary waits on it; one per stream end, so the budget holds but for those)."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while not self._stopping and not any(r.kind == "final" for _, r in self._pending):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)

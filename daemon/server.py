@@ -65,6 +65,7 @@ STATIC_SPEAKERS = Path(__file__).parent / "static" / "speakers.html"
 CALLS_PATH = "/v1/calls"
 SEND_BUFFER = 128 * 1024  # kernel send buffer per stream (events are small: ~100 KB/s at most)
 MAX_OUTBOX = 1000  # events waiting to be written to one client before it counts as a slow consumer
+MAX_PENDING_CHECKS = 8  # a lossless track's countermeasure checks outstanding before the server stops reading
 DRAIN_TIMEOUT = 60.0  # seconds to wait for a stream's in-flight windows at stop / shutdown
 SHUTDOWN_TIMEOUT = 90.0
 GIL_SWITCH_S = 0.001
@@ -177,6 +178,12 @@ class Stream:
         for ev in events:
             self.emit(ev, received_at if ev["type"] == "identity" else None)
 
+    async def until_room(self, max_windows: int, max_checks: int) -> None:
+        """Wait until no track of this stream has ``max_windows`` windows or ``max_checks`` checks outstanding."""
+        while self.session.full(max_windows, max_checks) and not self.dead:
+            self.progress.clear()
+            await self.progress.wait()
+
     async def until_backlog(self, limit: int, timeout: float | None = None) -> bool:
         """Wait until at most ``limit`` of this stream's windows are outstanding."""
         async with asyncio.timeout(timeout):
@@ -263,8 +270,9 @@ class Stream:
                 if out.stop:
                     return "stop"
                 if not self.session.realtime:
-                    # lossless mode: stop reading (TCP backpressure) while the stream's windows wait
-                    await self.until_backlog(self.daemon.config.limits.max_pending - 1)
+                    # lossless mode: stop reading (TCP backpressure) while the stream's windows (or, past
+                    # their own bound, its countermeasure checks) wait
+                    await self.until_room(self.daemon.config.limits.max_pending, MAX_PENDING_CHECKS)
                 # recv() does not yield while messages are buffered: let other streams and HTTP run
                 await asyncio.sleep(0)
 

@@ -286,8 +286,17 @@ class Session:
 
     @property
     def backlog(self) -> int:
-        """Windows (and countermeasure checks) handed to the workers whose results have not come back."""
+        """Windows and countermeasure checks handed to the workers whose results have not come back
+        (the summary waits for all of them)."""
         return len(self._outstanding) + len(self._checks)
+
+    @property
+    def window_backlog(self) -> int:
+        return len(self._outstanding)
+
+    @property
+    def check_backlog(self) -> int:
+        return len(self._checks)
 
     def received_at(self, index: int) -> float | None:
         o = self._outstanding.get(index)

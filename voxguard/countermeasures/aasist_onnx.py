@@ -113,6 +113,8 @@ class AasistOnnxCountermeasure:
         # no busy-waiting between runs (as the embedder's sessions): spinning pool threads take
         # CPU from the event loop and the embed workers on a few shared cores
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no arena: it keeps the peak of a batch's activations (hundreds of MB for 4.04 s contexts) for good
+        so.enable_cpu_mem_arena = False
         so.log_severity_level = 3
         try:
             return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
