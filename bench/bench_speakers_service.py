@@ -8,19 +8,19 @@ Phases (``--phases``, default all; JSON to ``bench/results/speakers_service.json
 phase so that phases can be rerun one at a time):
 
 * ``enroll`` — held-out speakers (``--held``, default 20) that the base store (every other AN4
-  speaker but 4 "strangers", 5 files each) does not hold.  Store A: each enrolled from one call
+  speaker but 4 "strangers", two women and two men: 50 speakers, 5 files each) does not hold.  Store A: each enrolled from one call
   (all its utterances but the last 4, concatenated, streamed ``realtime: false``, then
   ``POST /v1/streams/{id}/enroll``).  Store B: the same speakers enrolled from their first 5
   files (the CLI's code, in this process).  Then a later call of each (its last 4 utterances,
   never enrolled in either store, ~10 s) is streamed to both daemons: session identification
   accuracy (summary ``identity.speaker`` == the speaker) and the mean session score / LLR.
-* ``refusals`` — on a copy of store A, per ``--refusal-countermeasures`` (default ``none`` and
-  ``aasist``), three real-time calls: two alternating voices (the least alike pair of the
-  strangers), under 8 s of speech, and vocoder clones of a stranger (``voxguard clone
-  --backend vocoder``); each ``POST .../enroll`` answer (status, gate) is reported as it came.
+* ``refusals`` — per ``--refusal-runs`` (a copy of store A with countermeasure ``none``, then
+  ``aasist``; an empty store with ``aasist``), real-time calls: two alternating voices (a woman and a man;
+  two men), under 8 s of speech, and vocoder clones of a stranger (``voxguard clone --backend
+  vocoder``); each ``POST .../enroll`` answer (status, gate) is reported as it came.
 * ``uploads`` — ``--streams`` (default 32) real-time streams (100 ms chunks) on the base store,
   once alone and once with ``--uploads`` (default 50) concurrent ``POST .../samples`` (AN4 WAVs,
-  a new speaker name each) during them: dropped windows, every upload's status, the store's
+  of the held-out speakers, a new speaker name each) during them: dropped windows, every upload's status, the store's
   consistency afterwards (speakers / samples == the 201s, ``PRAGMA integrity_check``) and the
   identity latency p95 with vs without uploads.  Then a SIGKILL of the daemon while uploads
   are in flight: the store opens, passes ``integrity_check`` and holds no partial speaker.
@@ -76,8 +76,10 @@ def split_speakers(n_held: int) -> tuple[list[str], list[str], list[str]]:
     """(base, held, strangers): held-out and strangers are among speakers with >= 12 utterances."""
     allspk = bd.an4_speakers()
     eligible = [s for s in allspk if len(an4_files(s)) >= 12]
-    pool = eligible[1::3]
-    held, strangers = pool[:n_held], pool[n_held:n_held + 4]
+    held = eligible[1::3][:n_held]
+    rest = [s for s in eligible[2::3] if s not in held]
+    # two women and two men: a two-voice call of either pairing
+    strangers = [s for s in rest if s.startswith("f")][:2] + [s for s in rest if s.startswith("m")][:2]
     base = [s for s in allspk if s not in set(held) | set(strangers)]
     return base, held, strangers
 
@@ -333,47 +335,56 @@ def make_clones(args, spk: str) -> tuple[np.ndarray | None, dict]:
 
 
 def phase_refusals(args, strangers: list[str]) -> dict:
-    a, b = least_alike_pair(strangers[:3], args.device)
-    rest = [s for s in strangers if s not in (a, b)]
-    short_spk, clone_spk = rest[0], strangers[3]
-    fa, fb = an4_files(a), an4_files(b)
-    two = np.concatenate([load(f) for pair in zip(fa[:5], fb[:5]) for f in pair])
-    short = np.concatenate([load(f) for f in an4_files(short_spk)[:2]])
-    clones, clone_info = make_clones(args, clone_spk)
+    """Refused calls: a woman and a man alternating, two men alternating, under 8 s of speech,
+    vocoder clones.  Per (store, countermeasure) of ``--refusal-runs``: ``call-enrolled`` is the
+    enroll phase's store A (50 + the call-enrolled AN4 speakers whom a stranger's windows may be taken for: the
+    ``other_speaker`` gate), ``empty`` a store with nobody enrolled (only the speech,
+    consistency and clone gates can refuse)."""
+    f1, f2, m1, m2 = strangers
+    two = lambda a, b: np.concatenate([load(f) for pair in zip(an4_files(a)[:5], an4_files(b)[:5]) for f in pair])
+    short = np.concatenate([load(f) for f in an4_files(f2)[:2]])
+    clones, clone_info = make_clones(args, m2)
     print(f"[refusals] clones: {clone_info}", flush=True)
-    calls = {"two_voices": (two, f"{a}+{b}", "newname-two"), "short": (short, short_spk, short_spk)}
+    calls = {"two_voices_woman_man": (two(f1, m1), f"{f1}+{m1}", "newname-wm"),
+             "two_voices_two_men": (two(m1, m2), f"{m1}+{m2}", "newname-mm"),
+             "short": (short, f2, f2)}
     if clones is not None:
-        calls["clones"] = (clones, f"vocoder clones of {clone_spk}", clone_spk)
+        calls["clones"] = (clones, f"vocoder clones of {m2}", m2)
     store_a = args.work / "call-enrolled.db"
     if not store_a.exists():
         raise SystemExit("run the enroll phase first (refusals use its store)")
     out = {"calls": {k: {"voices": v[1], "seconds": round(len(v[0]) / RATE, 1)} for k, v in calls.items()},
-           "clone_generation": clone_info}
-    for cm in args.refusal_countermeasures.split(","):
-        st = copy_store(store_a, args.work / f"refusals-{cm}.db")
-        d = Daemon(st, args.work, f"refusals-{cm}", args.device, ["--enroll-window", "600"], countermeasure=cm,
-                   models=args.models)
+           "clone_generation": clone_info, "runs": []}
+    for run in args.refusal_runs.split(","):
+        store_kind, cm = run.split(":")
+        st = args.work / f"refusals-{store_kind}-{cm}.db"
+        for p in args.work.glob(st.name + "*"):
+            p.unlink()
+        if store_kind == "call-enrolled":
+            copy_store(store_a, st)
+        d = Daemon(st, args.work, f"refusals-{store_kind}-{cm}", args.device, ["--enroll-window", "600"],
+                   countermeasure=cm, models=args.models)
         try:
             async def run_all():
-                return await asyncio.gather(*(call(d.ws, pcm(v[0]), f"refuse-{cm}-{k}", realtime=True)
+                return await asyncio.gather(*(call(d.ws, pcm(v[0]), f"refuse-{run}-{k}", realtime=True)
                                               for k, v in calls.items()))
 
             evs = dict(zip(calls, asyncio.run(run_all())))
             res = {}
             for k, (audio, voices, name) in calls.items():
-                status, got = request("POST", f"{d.http}/v1/streams/refuse-{cm}-{k}/enroll?speaker={name}")
+                status, got = request("POST", f"{d.http}/v1/streams/refuse-{run}-{k}/enroll?speaker={name}")
                 s = summary_of(evs[k]) or {}
                 levels = [e["level"] for e in evs[k] if e["type"] == "clone_suspicion"]
                 checks = [e["check"]["level"] for e in evs[k] if e["type"] == "clone_suspicion" and e.get("check")]
                 res[k] = {"status": status, "reason": got.get("reason"), "gate": got.get("gate"),
-                          "gates": got.get("gates"), "error": got.get("error"),
+                          "gates": got.get("gates"), "error": got.get("error"), "identified": got.get("identified"),
                           "session_clone": s.get("clone"), "clone_levels_seen": sorted(set(levels)),
                           "countermeasure_checks": len(checks), "check_levels": sorted(set(checks))}
-                print(f"[refusals/{cm}] {k}: {status} gate={got.get('gate')} gates={got.get('gates')} "
-                      f"clone levels {sorted(set(levels))} checks {len(checks)}", flush=True)
+                print(f"[refusals/{run}] {k}: {status} gate={got.get('gate')} gates={got.get('gates')} "
+                      f"{got.get('error') or ''} | clone levels {sorted(set(levels))} checks {len(checks)}", flush=True)
         finally:
             d.stop()
-        out[cm] = res
+        out["runs"].append({"store": store_kind, "countermeasure": cm, "results": res})
     return out
 
 
@@ -650,7 +661,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per real-time stream (uploads phase)")
     ap.add_argument("--uploads", type=int, default=50)
     ap.add_argument("--replica-trials", type=int, default=3)
-    ap.add_argument("--refusal-countermeasures", default="none,aasist")
+    ap.add_argument("--refusal-runs", default="call-enrolled:none,call-enrolled:aasist,empty:aasist",
+                    help="STORE:COUNTERMEASURE runs of the refusal calls (STORE: call-enrolled or empty)")
     ap.add_argument("--models", type=Path, default=REPO.parent / "shared" / "models" / "aasist")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "speakers_service")
@@ -698,9 +710,10 @@ def print_table(out: dict) -> None:
         rows.append(("calls enrolled (201)", f"{e['calls_enrolled_201']}/{len(e['held_speakers'])}, call "
                      f"{e['call_seconds']['mean']} s mean ({e['call_speech_seconds']})"))
     if "refusals" in out:
-        for cm in [k for k in out["refusals"] if k not in ("calls", "clone_generation")]:
-            for k, v in out["refusals"][cm].items():
-                rows.append((f"refusal [{cm}] {k}", f"{v['status']} gate={v['gate']} {v.get('gates') or ''}"))
+        for run in out["refusals"]["runs"]:
+            for k, v in run["results"].items():
+                rows.append((f"refusal [{run['store']}, cm {run['countermeasure']}] {k}",
+                             f"{v['status']} gate={v['gate']} {v.get('gates') or ''}"))
     if "uploads" in out:
         u = out["uploads"]
         rows.append(("streams alone: dropped / p95 ms", f"{u['alone']['dropped']} / {u['alone']['latency_ms']}"))
