@@ -206,6 +206,3 @@ class CountermeasureTracker:
                                 f"({voiced_s:.2f} s < {self.info.min_samples / SAMPLE_RATE:g} s)"
                                 if voiced_s * SAMPLE_RATE < self.info.min_samples else "none yet")
         return d
-
-    def spans(self) -> list[dict]:
-        return [{"start": c["start"], "end": c["end"], "llr": c["llr"], "level": c["level"]} for c in self.checks]

@@ -13,7 +13,7 @@ package ships one calibration per supported checkpoint (``voxguard/data/``), mad
   the CPU (exported at first use, cached by the checkpoint's sha256, checked against PyTorch).
 
 Audio shorter than a model's ``min_samples`` gets no verdict: :meth:`Countermeasure.outputs` is
-never called with it (callers check :func:`long_enough`).
+never called with it (the callers check ``min_samples``).
 """
 
 from __future__ import annotations
@@ -71,10 +71,6 @@ class Countermeasure(Protocol):
         """Outputs of each 16 kHz context (each ``min_samples`` <= len; longer ones are cut to the
         last ``context_samples``, shorter ones tiled), batched."""
         ...
-
-
-def long_enough(cm: Countermeasure, samples: np.ndarray) -> bool:
-    return len(samples) >= cm.min_samples
 
 
 def segments(samples: np.ndarray, length: int, max_segments: int = 4) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..embedders.onnx_runtime import OPSET, _write_atomic, cache_dir, import_onnxruntime
+from ..embedders.onnx_runtime import OPSET, _write_atomic, cache_dir, cpu_session, import_onnxruntime
 from . import CmOutput, CountermeasureError
 
 log = logging.getLogger(__name__)
@@ -105,22 +105,8 @@ class AasistOnnxCountermeasure:
         return buf.getvalue()
 
     def _session_for(self, model: bytes):
-        ort = self._ort
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        # no busy-waiting between runs (as the embedder's sessions): spinning pool threads take
-        # CPU from the event loop and the embed workers on a few shared cores
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # no arena: it keeps the peak of a batch's activations (hundreds of MB for 4.04 s contexts) for good
-        so.enable_cpu_mem_arena = False
-        so.log_severity_level = 3
-        try:
-            return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # a truncated or foreign file: the caller re-exports
-            log.warning("cannot load the ONNX countermeasure (%s)", e)
-            return None
+        # no arena: it would keep the peak of a context's activations (hundreds of MB) for good
+        return cpu_session(self._ort, model, self.threads, "countermeasure", arena=False)
 
     def _agrees(self) -> bool:
         import torch

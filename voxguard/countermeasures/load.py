@@ -65,13 +65,6 @@ class InstalledCountermeasure:
     def name(self) -> str:
         return self.calibration.name
 
-    def describe(self) -> dict:
-        c = self.calibration
-        return {"model": c.identity.name, "sha256": c.identity.sha256, "calibration": c.name,
-                "context_s": round(self.model.context_samples / 16000, 3),
-                "min_s": round(self.model.min_samples / 16000, 3), "device": self.model.device,
-                "runtime": getattr(self.model, "runtime", "torch")}
-
 
 def installed_countermeasure(name: str | None = None, device: str = "auto", threads: int | None = None,
                              runtime: str = "auto") -> tuple[InstalledCountermeasure | None, str | None]:

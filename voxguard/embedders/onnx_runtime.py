@@ -56,6 +56,27 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def cpu_session(ort, model: bytes, threads: int | None, what: str, arena: bool = True):
+    """An ONNX Runtime CPU session for ``model`` as voxguard runs them (``None`` if it does not load:
+    a truncated or foreign cache file, which the caller exports again)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    # no busy-waiting between runs: on a few shared cores, spinning pool threads take CPU from
+    # the event loop, the other model and other processes (and measured no faster here)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # without the arena, a run's peak activations are given back (the countermeasure's 4 s contexts)
+    so.enable_cpu_mem_arena = arena
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        log.warning("cannot load the ONNX %s (%s)", what, e)
+        return None
+
+
 def cache_dir() -> Path:
     """``$VOXGUARD_ONNX_CACHE``, else ``onnx/`` in the user cache directory."""
     env = os.environ.get(CACHE_ENV)
@@ -162,20 +183,7 @@ class OnnxEncoder:
 
     def _session_for(self, model: bytes):
         ort = self._ort
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            so.intra_op_num_threads = int(self.threads)
-        so.inter_op_num_threads = 1
-        # no busy-waiting between runs: on a few shared cores, spinning pool threads take CPU from
-        # the event loop, the countermeasure and other processes (and measured no faster here)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
-        try:
-            return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # a truncated or foreign file: the caller re-exports
-            log.warning("cannot load the ONNX encoder (%s)", e)
-            return None
+        return cpu_session(ort, model, self.threads, "encoder")
 
     def _agrees(self) -> bool:
         import torch
